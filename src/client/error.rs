@@ -1,0 +1,101 @@
+//! The client layer's error type.
+
+use crate::proto::{inode::BtreeError, op, SdRes};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// sheep answered with a non-success result; displays dog's message.
+    #[error("{res}")]
+    Sheep { op: u8, res: SdRes },
+    #[error("cannot connect to sheep at {addr}: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connection to sheep at {addr} failed: {source}")]
+    Io {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sheep at {addr} did not answer {op} within {secs} s")]
+    Timeout {
+        addr: String,
+        op: &'static str,
+        secs: u64,
+    },
+    #[error("malformed reply from sheep at {addr}: {what}")]
+    Protocol { addr: String, what: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("volume {0} is read-only")]
+    ReadOnly(String),
+    #[error("I/O beyond the end of volume {name} ({size} bytes)")]
+    OutOfRange { name: String, size: u64 },
+    #[error("corrupt inode of VDI {vid:#x}: {source}")]
+    Btree {
+        vid: u32,
+        #[source]
+        source: BtreeError,
+    },
+    #[error("client is shut down")]
+    Closed,
+}
+
+impl Error {
+    pub fn sheep(op: u8, res: SdRes) -> Self {
+        Error::Sheep { op, res }
+    }
+
+    /// The sheep result code, if this is a sheep answer.
+    pub fn result(&self) -> Option<SdRes> {
+        match self {
+            Error::Sheep { res, .. } => Some(*res),
+            _ => None,
+        }
+    }
+
+    pub fn is(&self, res: SdRes) -> bool {
+        self.result() == Some(res)
+    }
+
+    /// Transport-level failure (worth retrying once the server is back).
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. }
+        )
+    }
+
+    /// The errno a filesystem should report.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Sheep { res, .. } => match *res {
+                SdRes::NO_VDI | SdRes::NO_TAG | SdRes::NO_OBJ => libc::ENOENT,
+                SdRes::VDI_EXIST => libc::EEXIST,
+                SdRes::VDI_LOCKED => libc::EBUSY,
+                SdRes::INVALID_PARMS => libc::EINVAL,
+                SdRes::NO_SPACE | SdRes::FULL_VDI => libc::ENOSPC,
+                SdRes::READONLY => libc::EROFS,
+                SdRes::NO_MEM => libc::ENOMEM,
+                _ => libc::EIO,
+            },
+            Error::Invalid(_) => libc::EINVAL,
+            Error::ReadOnly(_) => libc::EROFS,
+            Error::OutOfRange { .. } => libc::ENOSPC,
+            Error::Timeout { .. } | Error::Connect { .. } | Error::Io { .. } => libc::EIO,
+            Error::Protocol { .. } | Error::Btree { .. } | Error::Closed => libc::EIO,
+        }
+    }
+
+    /// Opcode name for logs, when known.
+    pub fn op_name(&self) -> Option<&'static str> {
+        match self {
+            Error::Sheep { op: o, .. } => Some(op::name(*o)),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Async Sheepdog client (tokio).
+//!
+//! - [`SheepAddr`]: where sheep listens (`tcp:HOST:PORT`, `unix:PATH`).
+//! - [`Client`]: a small pool of pipelined connections with per-request
+//!   timeouts and reconnect; raw [`Request`]s and the high-level cluster/VDI API.
+//! - [`Volume`]: byte-addressed I/O on one VDI (COW, thin provisioning,
+//!   locking, snapshots taken underneath, optional object cache).
+
+mod addr;
+pub mod cache;
+mod conn;
+mod error;
+mod ops;
+mod pool;
+pub mod volume;
+
+pub use addr::SheepAddr;
+pub use cache::ObjectCache;
+pub use error::{Error, Result};
+pub use ops::{CreateOptions, Inode, DataMap, VdiEntry, VdiId};
+pub use pool::{Client, Options, Request, Response};
+pub use volume::{LockMode, OpenOptions, SnapSel, Volume, VolumeStats};

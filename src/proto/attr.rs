@@ -1,0 +1,78 @@
+//! VDI attributes (`struct sheepdog_vdi_attr`, 66,320 bytes).
+
+use super::bytes::*;
+use super::hash::{fnv1a_64, FNV1A_64_INIT};
+
+pub const SD_ATTR_OBJ_SIZE: usize = 66_320;
+pub const ATTR_VALUE_OFFSET: usize = 784;
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VdiAttr {
+    pub name: String,
+    pub tag: String,
+    pub ctime: u64,
+    pub snap_id: u32,
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+impl VdiAttr {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; SD_ATTR_OBJ_SIZE];
+        put_str(&mut b, 0, 256, &self.name);
+        put_str(&mut b, 256, 256, &self.tag);
+        put_u64(&mut b, 512, self.ctime);
+        put_u32(&mut b, 520, self.snap_id);
+        let n = self.value.len().min(super::SD_MAX_VDI_ATTR_VALUE_LEN);
+        put_u32(&mut b, 524, n as u32);
+        put_str(&mut b, 528, 256, &self.key);
+        b[ATTR_VALUE_OFFSET..ATTR_VALUE_OFFSET + n].copy_from_slice(&self.value[..n]);
+        b
+    }
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < ATTR_VALUE_OFFSET {
+            return None;
+        }
+        let len = (get_u32(b, 524) as usize)
+            .min(super::SD_MAX_VDI_ATTR_VALUE_LEN)
+            .min(b.len() - ATTR_VALUE_OFFSET);
+        Some(VdiAttr {
+            name: get_str(b, 0, 256),
+            tag: get_str(b, 256, 256),
+            ctime: get_u64(b, 512),
+            snap_id: get_u32(b, 520),
+            key: get_str(b, 528, 256),
+            value: b[ATTR_VALUE_OFFSET..ATTR_VALUE_OFFSET + len].to_vec(),
+        })
+    }
+}
+
+/// First attribute id probed for an attribute payload: FNV-1a over the raw
+/// name[256], tag[256], snap_id (4 bytes) and key[256] fields.
+pub fn attr_id(payload: &[u8]) -> u32 {
+    let mut h = fnv1a_64(&payload[0..256], FNV1A_64_INIT);
+    h = fnv1a_64(&payload[256..512], h);
+    h = fnv1a_64(&payload[520..524], h);
+    h = fnv1a_64(&payload[528..784], h);
+    h as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let a = VdiAttr {
+            name: "test".into(),
+            key: "key".into(),
+            value: b"value".to_vec(),
+            ..Default::default()
+        };
+        let b = a.encode();
+        assert_eq!(b.len(), SD_ATTR_OBJ_SIZE);
+        assert_eq!(VdiAttr::decode(&b).unwrap(), a);
+        assert_eq!(&b[784..789], b"value");
+        let _ = attr_id(&b);
+    }
+}

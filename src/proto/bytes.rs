@@ -1,0 +1,60 @@
+//! Little-endian field access at explicit offsets, and NUL-padded fixed strings.
+//!
+//! Every wire struct in this crate is encoded through these helpers so the byte
+//! offsets in the code match the reference tables one for one.
+
+#[inline]
+pub fn get_u8(b: &[u8], off: usize) -> u8 {
+    b[off]
+}
+#[inline]
+pub fn get_u16(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes([b[off], b[off + 1]])
+}
+#[inline]
+pub fn get_u32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+#[inline]
+pub fn get_u64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+#[inline]
+pub fn put_u8(b: &mut [u8], off: usize, v: u8) {
+    b[off] = v;
+}
+#[inline]
+pub fn put_u16(b: &mut [u8], off: usize, v: u16) {
+    b[off..off + 2].copy_from_slice(&v.to_le_bytes());
+}
+#[inline]
+pub fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+#[inline]
+pub fn put_u64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Reads a NUL-padded string field (stops at the first NUL).
+pub fn get_str(b: &[u8], off: usize, len: usize) -> String {
+    let field = &b[off..off + len];
+    let end = field.iter().position(|&c| c == 0).unwrap_or(len);
+    String::from_utf8_lossy(&field[..end]).into_owned()
+}
+
+/// Writes `s` into a `len`-byte field, NUL-padded; `s` must be shorter than `len`
+/// (callers validate names first, see [`super::validate_name`]).
+pub fn put_str(b: &mut [u8], off: usize, len: usize, s: &str) {
+    let field = &mut b[off..off + len];
+    field.fill(0);
+    let n = s.len().min(len);
+    field[..n].copy_from_slice(&s.as_bytes()[..n]);
+}
+
+/// A `len`-byte NUL-padded copy of `s`.
+pub fn padded(s: &str, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    put_str(&mut v, 0, len, s);
+    v
+}

@@ -1,0 +1,180 @@
+//! Test harness shared by the integration tests: a real sheep-lite on a free
+//! port in a temp dir, killed when dropped.
+#![allow(dead_code)]
+
+use sheepfs::client::{Client, Options, SheepAddr};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct SheepLite {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    // Cargo sets CARGO_BIN_EXE_<name> for integration tests.
+    match name {
+        "sheep-lite" => PathBuf::from(env!("CARGO_BIN_EXE_sheep-lite")),
+        "sheepctl" => PathBuf::from(env!("CARGO_BIN_EXE_sheepctl")),
+        "sheepfs" => PathBuf::from(env!("CARGO_BIN_EXE_sheepfs")),
+        "sheep-iscsi" => PathBuf::from(env!("CARGO_BIN_EXE_sheep-iscsi")),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+impl SheepLite {
+    /// Starts an unformatted sheep-lite.
+    pub fn start() -> SheepLite {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = SheepLite {
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Starts and formats (`cluster format`, default copies).
+    pub fn start_formatted() -> SheepLite {
+        let s = SheepLite::start();
+        s.ctl(&["cluster", "format"]).assert_ok();
+        s
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new(bin("sheep-lite"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sheep-lite");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "sheep-lite did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        c.wait().ok()
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn sock(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn addr(&self) -> SheepAddr {
+        SheepAddr::tcp("127.0.0.1", self.port)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr(), Options::default())
+    }
+
+    /// Runs sheepctl against this server.
+    pub fn ctl(&self, args: &[&str]) -> Out {
+        self.ctl_stdin(args, &[])
+    }
+
+    pub fn ctl_stdin(&self, args: &[&str], stdin: &[u8]) -> Out {
+        use std::io::Write;
+        let mut c = Command::new(bin("sheepctl"))
+            .args(args)
+            .arg("-a")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sheepctl");
+        let mut si = c.stdin.take().expect("stdin");
+        let data = stdin.to_vec();
+        let w = std::thread::spawn(move || {
+            let _ = si.write_all(&data);
+        });
+        let o = c.wait_with_output().expect("sheepctl output");
+        let _ = w.join();
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: o.stdout,
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Drop for SheepLite {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A finished command.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert_eq!(self.code, 0, "command failed: {self:?}");
+        self
+    }
+}
+
+/// Deterministic test data: pattern A of the captures (`i mod 251`), offset by `seed`.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| ((i % 251) as u8).wrapping_add(seed)).collect()
+}
+
+/// Path to `shared/reference` beside the checkout.
+pub fn reference_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference")
+}
