@@ -169,7 +169,7 @@ pub fn redundancy(copies: u8, copy_policy: u8) -> String {
 /// C's `(int)` of a double on x86-64 (`cvttsd2si`): NaN and out-of-range
 /// values become `INT_MIN`.
 pub fn c_double_to_int(v: f64) -> i32 {
-    if v.is_nan() || v >= 2147483648.0 || v < -2147483648.0 {
+    if v.is_nan() || !(-2147483648.0..2147483648.0).contains(&v) {
         i32::MIN
     } else {
         v as i32
@@ -644,7 +644,7 @@ pub async fn cluster_info_json(client: &Client) -> Result<String> {
 /// Nodes in dog's order: sorted by (address bytes, port), duplicates dropped.
 pub fn sort_nodes(nodes: &[SdNode]) -> Vec<SdNode> {
     let mut v = nodes.to_vec();
-    v.sort_by(|a, b| (a.nid.addr, a.nid.port).cmp(&(b.nid.addr, b.nid.port)));
+    v.sort_by_key(|n| (n.nid.addr, n.nid.port));
     v.dedup_by(|a, b| a.nid.addr == b.nid.addr && a.nid.port == b.nid.port);
     v
 }
