@@ -404,7 +404,7 @@ impl ClusterDefaultRsp {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{flags, op, oid};
+    use super::super::{flags, oid, op};
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
