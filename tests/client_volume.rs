@@ -6,8 +6,8 @@ mod common;
 use common::{pattern, SheepLite};
 use rand::{Rng, SeedableRng};
 use sheepfs::client::{
-    Client, CreateOptions, Error, LockMode, ObjectCache, OpenOptions, Options, SheepAddr,
-    SnapSel, Volume,
+    Client, CreateOptions, Error, LockMode, ObjectCache, OpenOptions, Options, SheepAddr, SnapSel,
+    Volume,
 };
 use sheepfs::proto::SdRes;
 use std::sync::Arc;
@@ -113,10 +113,15 @@ async fn lifecycle_and_vids_match_a_real_cluster() {
     assert!(names.contains(&("clone1".into(), 0xc8f989, false)));
     // Resize grows; shrinking is refused.
     c.resize_vdi("test", 2 << 30).await.expect("resize");
-    assert_eq!(c.read_inode_header(0x7c2b26).await.unwrap().vdi_size, 2 << 30);
+    assert_eq!(
+        c.read_inode_header(0x7c2b26).await.unwrap().vdi_size,
+        2 << 30
+    );
     assert!(c.resize_vdi("test", MB).await.is_err());
     // Delete the clone and the snapshot; the working VDI stays.
-    c.delete_vdi("clone1", &SnapSel::Working).await.expect("delete clone");
+    c.delete_vdi("clone1", &SnapSel::Working)
+        .await
+        .expect("delete clone");
     c.delete_vdi("test", &SnapSel::Tag("snap1".into()))
         .await
         .expect("delete snapshot");
@@ -148,7 +153,10 @@ async fn cow_leaves_parent_and_snapshot_unchanged() {
         .unwrap();
     let child = open(&c, "child").await;
     // Child reads the parent's data before any write (shared objects).
-    assert_eq!(sha(&child.read_at(0, orig.len()).await.unwrap()), sha(&orig));
+    assert_eq!(
+        sha(&child.read_at(0, orig.len()).await.unwrap()),
+        sha(&orig)
+    );
     // A small write in the middle of object 0 and one across objects 0/1.
     let w1 = pattern(4096, 77);
     child.write_at(123 * 4096, &w1).await.unwrap();
@@ -157,13 +165,22 @@ async fn cow_leaves_parent_and_snapshot_unchanged() {
     let mut want = orig.clone();
     want[123 * 4096..124 * 4096].copy_from_slice(&w1);
     want[(4 * MB - 4096) as usize..(4 * MB + 4096) as usize].copy_from_slice(&w2);
-    assert_eq!(sha(&child.read_at(0, want.len()).await.unwrap()), sha(&want));
+    assert_eq!(
+        sha(&child.read_at(0, want.len()).await.unwrap()),
+        sha(&want)
+    );
     // Fresh opens see the same (the inode map was persisted).
     let child2 = open(&c, "child").await;
-    assert_eq!(sha(&child2.read_at(0, want.len()).await.unwrap()), sha(&want));
+    assert_eq!(
+        sha(&child2.read_at(0, want.len()).await.unwrap()),
+        sha(&want)
+    );
     // Parent working VDI and the snapshot are untouched.
     let parent = open(&c, "base").await;
-    assert_eq!(sha(&parent.read_at(0, orig.len()).await.unwrap()), sha(&orig));
+    assert_eq!(
+        sha(&parent.read_at(0, orig.len()).await.unwrap()),
+        sha(&orig)
+    );
     let sv = open_snap(&c, "base", SnapSel::Tag("s1".into())).await;
     assert_eq!(sv.vid(), snap);
     assert!(sv.is_read_only());
@@ -231,7 +248,11 @@ async fn shift_roundtrip(shift: u8) {
     // Cross every object boundary.
     let data = pattern((2 * obj) as usize, shift);
     v.write_at(obj / 2, &data).await.unwrap();
-    let back = open(&c, "z").await.read_at(obj / 2, data.len()).await.unwrap();
+    let back = open(&c, "z")
+        .await
+        .read_at(obj / 2, data.len())
+        .await
+        .unwrap();
     assert_eq!(sha(&back), sha(&data));
     let l = c.list_vdis().await.unwrap();
     assert_eq!(l[0].header.block_size_shift, shift);
@@ -285,7 +306,11 @@ async fn hyper_volume_past_4_tib() {
     let v2 = open(&c, "hyper").await;
     for (i, off) in offs.iter().enumerate() {
         let want = pattern(4096.min((size - off) as usize), i as u8);
-        assert_eq!(v2.read_at(*off, want.len()).await.unwrap(), want, "at {off}");
+        assert_eq!(
+            v2.read_at(*off, want.len()).await.unwrap(),
+            want,
+            "at {off}"
+        );
     }
     assert!(v2
         .read_at(3 << 40, 4096)
@@ -336,7 +361,11 @@ async fn sixty_four_tasks_against_a_model() {
     for t in tasks {
         t.await.expect("task");
     }
-    let all = open(&c, "conc").await.read_at(0, SIZE as usize).await.unwrap();
+    let all = open(&c, "conc")
+        .await
+        .read_at(0, SIZE as usize)
+        .await
+        .unwrap();
     let want = model.lock().clone();
     let bad = all.iter().zip(&want).position(|(a, b)| a != b);
     assert_eq!(bad, None, "first mismatch");
@@ -354,7 +383,9 @@ async fn concurrent_writes_allocate_once() {
     for i in 0..32u64 {
         let v = v.clone();
         tasks.push(tokio::spawn(async move {
-            v.write_at(i * 65536, &pattern(4096, i as u8)).await.unwrap();
+            v.write_at(i * 65536, &pattern(4096, i as u8))
+                .await
+                .unwrap();
         }));
     }
     for t in tasks {
@@ -408,7 +439,9 @@ async fn snapshot_taken_underneath() {
     v.write_at(0, &pattern(8192, 1)).await.unwrap();
     let other = s.client();
     let (snap, work) = other.snapshot_vdi("live", "under").await.unwrap();
-    v.write_at(0, &pattern(4096, 2)).await.expect("write after snapshot");
+    v.write_at(0, &pattern(4096, 2))
+        .await
+        .expect("write after snapshot");
     assert_eq!(v.vid(), work);
     let mut want = pattern(8192, 1);
     want[..4096].copy_from_slice(&pattern(4096, 2));
@@ -444,7 +477,10 @@ async fn object_cache_stays_coherent() {
     v.write_at(MB + 10, b"fresh").await.unwrap();
     assert_eq!(&v.read_at(MB + 8, 9).await.unwrap()[2..7], b"fresh");
     // The server has it too.
-    assert_eq!(&open(&c, "cached").await.read_at(MB + 10, 5).await.unwrap(), b"fresh");
+    assert_eq!(
+        &open(&c, "cached").await.read_at(MB + 10, 5).await.unwrap(),
+        b"fresh"
+    );
     v.discard(0, 4 * MB).await.unwrap();
     assert!(v.read_at(MB, 16).await.unwrap().iter().all(|&b| b == 0));
 }
@@ -461,7 +497,10 @@ async fn restart_keeps_everything() {
     let c = s.client();
     let v = open(&c, "keep").await;
     assert_eq!(sha(&v.read_at(1000, data.len()).await.unwrap()), sha(&data));
-    assert_eq!(v.vid(), c.vdi_lookup("keep", &SnapSel::Working).await.unwrap().vid);
+    assert_eq!(
+        v.vid(),
+        c.vdi_lookup("keep", &SnapSel::Working).await.unwrap().vid
+    );
     assert!(c
         .vdi_lookup("keep", &SnapSel::Tag("t".into()))
         .await
@@ -505,7 +544,11 @@ async fn kill9_loses_no_acknowledged_write() {
         t.await.unwrap();
     }
     let acked = acked.lock().clone();
-    assert!(acked.len() > 20, "too few writes before the kill: {}", acked.len());
+    assert!(
+        acked.len() > 20,
+        "too few writes before the kill: {}",
+        acked.len()
+    );
     s.spawn();
     let c = s.client();
     let v = open(&c, "dur").await;
@@ -515,7 +558,11 @@ async fn kill9_loses_no_acknowledged_write() {
         last.insert(off, data);
     }
     for (off, data) in last {
-        assert_eq!(v.read_at(off, 8192).await.unwrap(), data, "lost write at {off}");
+        assert_eq!(
+            v.read_at(off, 8192).await.unwrap(),
+            data,
+            "lost write at {off}"
+        );
     }
 }
 
@@ -610,7 +657,9 @@ async fn unix_socket_and_locks() {
         lock: LockMode::Normal,
         ..Default::default()
     };
-    let v = Volume::open(c.clone(), "locked", opts.clone()).await.unwrap();
+    let v = Volume::open(c.clone(), "locked", opts.clone())
+        .await
+        .unwrap();
     let e = Volume::open(c.clone(), "locked", opts.clone())
         .await
         .unwrap_err();

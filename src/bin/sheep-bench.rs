@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Benchmark the sheepfs client library against a sheep")]
+#[command(
+    version,
+    about = "Benchmark the sheepfs client library against a sheep"
+)]
 struct Args {
     /// Sheep address: HOST[:PORT], tcp:HOST:PORT or unix:PATH.
     #[arg(short, long, default_value = "127.0.0.1:7000")]
