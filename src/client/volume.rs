@@ -522,13 +522,14 @@ impl Volume {
             .await
     }
 
-    /// Records `data_vdi_id[idx] = vid` on the server, then in memory.
+    /// Records `data_vdi_id[idx] = vid` (our own vid, or 0 to unmap) in our
+    /// inode on the server, then in memory.
     async fn set_map(&self, idx: u64, vid: u32, gen: u64) -> Result<()> {
-        let i = idx32(vid, idx)?;
-        let (hyper, copies) = {
+        let (own, hyper, copies) = {
             let s = self.state.read();
-            (s.header.is_hyper(), s.header.nr_copies)
+            (s.header.vdi_id, s.header.is_hyper(), s.header.nr_copies)
         };
+        let i = idx32(own, idx)?;
         if hyper {
             let _b = self.btree_lock.lock().await;
             let (mut header, mut tree) = {
@@ -543,11 +544,12 @@ impl Volume {
             let mut counter = header.btree_counter;
             let mut next = || {
                 counter += 1;
-                oid::vid_to_btree_oid(vid, counter - 1)
+                oid::vid_to_btree_oid(own, counter - 1)
             };
-            let up = tree
-                .set(i, vid, &mut next)
-                .map_err(|e| Error::Btree { vid, source: e })?;
+            let up = tree.set(i, vid, &mut next).map_err(|e| Error::Btree {
+                vid: own,
+                source: e,
+            })?;
             header.btree_counter = counter;
             self.client
                 .write_btree_update(&header, &tree, &up, 0)
@@ -561,7 +563,7 @@ impl Volume {
         } else {
             self.client
                 .write_obj(
-                    oid::vid_to_vdi_oid(vid),
+                    oid::vid_to_vdi_oid(own),
                     0,
                     inode::data_vdi_id_offset(i) as u32,
                     Bytes::copy_from_slice(&vid.to_le_bytes()),
