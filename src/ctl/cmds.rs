@@ -1,10 +1,11 @@
 //! The commands, each following its dog counterpart step by step.
 
-use super::dog::{cname, name_tag, req, Ctx, InodeMap, NodeWrite};
+use super::dog::{cname, name_tag, report_transport, req, Ctx, InodeMap, NodeWrite};
 use super::{
     errln, option_parse_size, out, Cmd, Exit, Invocation, Sub, EXIT_EXISTS, EXIT_FAILURE,
     EXIT_MISSING, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, R, VDI_LOCK_CMDS,
 };
+use crate::client::{Inode, OpenOptions, SnapSel, VdiId, Volume};
 use crate::dogfmt::{self, ClusterInfoOpts, ClusterStatus, NodeSpace, Tz};
 use crate::proto::attr::SD_ATTR_OBJ_SIZE;
 use crate::proto::bytes::{get_u16, get_u32, get_u64, put_u32, put_u64};
@@ -1063,57 +1064,138 @@ fn last_os_error() -> String {
     super::dog::strerror(&std::io::Error::last_os_error())
 }
 
+/// `read_vdi_obj` for the data commands: GET_VDI_INFO, then the whole
+/// inode (one 12.5 MB READ_OBJ, DIRECT), opened as a [`Volume`] over it.
+async fn open_volume(
+    ctx: &Ctx,
+    name: &str,
+    snapid: u32,
+    tag: &str,
+    writeback: bool,
+) -> Result<(Volume, Inode), i32> {
+    let vid = match ctx.find_vdi_name(name, snapid, tag).await {
+        Ok(v) => v,
+        Err(r) => {
+            errln(&format!(
+                "Failed to open VDI {name} (snapshot id: {} snapshot tag: {tag}): {}",
+                snapid as i32,
+                r.message()
+            ));
+            return Err(EXIT_FAILURE);
+        }
+    };
+    let inode = match ctx.client.read_inode(vid, true).await {
+        Ok(i) => i,
+        Err(e) => {
+            let ioid = oid::vid_to_vdi_oid(vid);
+            match e.result() {
+                Some(r) => errln(&format!(
+                    "Failed to read object {ioid:016x} {}",
+                    r.message()
+                )),
+                None => {
+                    report_transport(&e);
+                    errln(&format!("Failed to read object {ioid:016x}"));
+                }
+            }
+            if snapid != 0 {
+                errln(&format!(
+                    "Failed to read a snapshot {name}:{}",
+                    snapid as i32
+                ));
+            } else if !tag.is_empty() {
+                errln(&format!("Failed to read a snapshot {name}:{tag}"));
+            } else {
+                errln(&format!("Failed to read a vdi {name}"));
+            }
+            return Err(EXIT_FAILURE);
+        }
+    };
+    let sel = if snapid != 0 {
+        SnapSel::Id(snapid)
+    } else if !tag.is_empty() {
+        SnapSel::Tag(tag.to_string())
+    } else {
+        SnapSel::Working
+    };
+    let id = VdiId {
+        vid,
+        copies: inode.header.nr_copies,
+        block_size_shift: inode.header.block_size_shift,
+    };
+    let vol = Volume::open_resolved(
+        ctx.client.clone(),
+        name,
+        id,
+        inode.clone(),
+        OpenOptions {
+            snapshot: sel,
+            object_cache: writeback,
+            ..Default::default()
+        },
+    );
+    Ok((vol, inode))
+}
+
+/// dog's message for a failed object request of the data path.
+fn report_object_error(e: &crate::client::Error, oid: u64, write: bool) {
+    let what = if write { "write" } else { "read" };
+    match e.result() {
+        Some(r) if write => errln(&format!(
+            "Failed to {what} object {oid:016x}: {}",
+            r.message()
+        )),
+        Some(r) => errln(&format!(
+            "Failed to {what} object {oid:016x} {}",
+            r.message()
+        )),
+        None => {
+            report_transport(e);
+            errln(&format!("Failed to {what} object {oid:016x}"));
+        }
+    }
+}
+
 async fn vdi_read(ctx: &Ctx, inv: &Invocation) -> R<i32> {
     let d = &inv.data;
     let name = inv.rest[0].as_str();
     let Some((mut offset, total)) = offset_len(inv) else {
         return Ok(EXIT_USAGE);
     };
-    let (_, b) = match ctx
-        .read_vdi_obj(name, d.snapshot_id, &d.snapshot_tag, SD_INODE_SIZE)
-        .await
-    {
+    let (vol, inode) = match open_volume(ctx, name, d.snapshot_id, &d.snapshot_tag, false).await {
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
-    let Some(mut m) = InodeMap::new(full_inode(b)) else {
-        return Ok(EXIT_FAILURE);
-    };
-    let h = m.header.clone();
-    if h.vdi_size < offset {
+    let size = vol.size();
+    if size < offset {
         errln("Read offset is beyond the end of the VDI");
         return Ok(EXIT_FAILURE);
     }
-    let obj = (1u32 << (h.block_size_shift & 31)) as u64;
-    let total = total.min(h.vdi_size - offset);
-    let mut idx = (offset / obj) as u32;
+    let obj = vol.object_size();
+    let total = total.min(size - offset);
+    let mut pos = offset;
     offset %= obj;
     let mut done = 0u64;
     let mut stdout = std::io::stdout().lock();
+    // One object piece at a time, as dog reads.
     while done < total {
         let len = (total - done).min(obj - offset);
-        load_leaf(ctx, &mut m, idx).await;
-        let vdi_id = m.get(idx);
-        let buf = if vdi_id != 0 {
-            match ctx
-                .read_object(oid::vid_to_data_oid(vdi_id, idx), len as u32, offset, false)
-                .await
-            {
-                Ok(b) => b,
-                Err(_) => {
-                    errln("Failed to read VDI");
-                    return Ok(EXIT_FAILURE);
-                }
+        let buf = match vol.read_at(pos, len as usize).await {
+            Ok(b) => b,
+            Err(e) => {
+                let idx = pos / obj;
+                let doid = oid::vid_to_data_oid(inode.map.get(idx), idx as u32);
+                report_object_error(&e, doid, false);
+                errln("Failed to read VDI");
+                return Ok(EXIT_FAILURE);
             }
-        } else {
-            vec![0u8; len as usize]
         };
         if stdout.write_all(&buf).is_err() {
             errln(&format!("Failed to write to stdout: {}", last_os_error()));
             return Ok(EXIT_SYSFAIL);
         }
         offset = 0;
-        idx = idx.wrapping_add(1);
+        pos += len;
         done += len;
     }
     let _ = stdout.flush();
@@ -1141,35 +1223,23 @@ async fn vdi_write(ctx: &Ctx, inv: &Invocation) -> R<i32> {
     let Some((mut offset, mut total)) = offset_len(inv) else {
         return Ok(EXIT_USAGE);
     };
-    let (vid, b) = match ctx.read_vdi_obj(name, 0, "", SD_INODE_SIZE).await {
+    let (vol, _) = match open_volume(ctx, name, 0, "", d.writeback).await {
         Ok(x) => x,
         Err(code) => return Ok(code),
     };
-    let Some(mut m) = InodeMap::new(full_inode(b)) else {
-        return Ok(EXIT_FAILURE);
-    };
-    let h = m.header.clone();
-    if h.vdi_size < offset {
+    let size = vol.size();
+    if size < offset {
         errln("Write offset is beyond the end of the VDI");
         return Ok(EXIT_FAILURE);
     }
-    let obj = (1u32 << (h.block_size_shift & 31)) as u64;
-    total = total.min(h.vdi_size - offset);
-    let mut idx = (offset / obj) as u32;
+    let obj = vol.object_size();
+    total = total.min(size - offset);
+    let mut pos = offset;
     offset %= obj;
     let mut done = 0u64;
-    let fl = if d.writeback { flags::CMD_CACHE } else { 0 };
+    // One object piece at a time: read that much of stdin, write it.
     while done < total {
         let len = (total - done).min(obj - offset);
-        load_leaf(ctx, &mut m, idx).await;
-        let vdi_id = m.get(idx);
-        let (create, old_oid) = if vdi_id == 0 {
-            (true, 0)
-        } else if vdi_id != h.vdi_id {
-            (true, oid::vid_to_data_oid(vdi_id, idx))
-        } else {
-            (false, 0)
-        };
         let mut buf = vec![0u8; len as usize];
         match xread(&mut buf) {
             Ok(n) if (n as u64) < len => {
@@ -1185,34 +1255,15 @@ async fn vdi_write(ctx: &Ctx, inv: &Invocation) -> R<i32> {
                 return Ok(EXIT_SYSFAIL);
             }
         }
-        let w = m.set(idx, h.vdi_id);
-        node_writes(ctx, &h, w).await;
-        if ctx
-            .write_object(
-                oid::vid_to_data_oid(h.vdi_id, idx),
-                old_oid,
-                &buf,
-                offset,
-                fl,
-                h.nr_copies,
-                h.copy_policy,
-                create,
-                false,
-            )
-            .await
-            .is_err()
-        {
+        if let Err(e) = vol.write_at(pos, &buf).await {
+            let idx = pos / obj;
+            let doid = oid::vid_to_data_oid(vol.vid(), idx as u32);
+            report_object_error(&e, doid, true);
             errln("Failed to write VDI");
             return Ok(EXIT_FAILURE);
         }
-        if create && write_vid(ctx, &m, idx, vid, fl, false).await.is_err() {
-            return Ok(EXIT_FAILURE);
-        }
-        offset += len;
-        if offset == obj {
-            offset = 0;
-            idx = idx.wrapping_add(1);
-        }
+        offset = 0;
+        pos += len;
         done += len;
     }
     Ok(EXIT_SUCCESS)
