@@ -514,3 +514,114 @@ fn dogfmt_gathers_like_dog() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+// ------------------------------------------------------------------ client ops
+
+type Op = fn(
+    sheepfs::client::Client,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>>>>;
+
+/// The client library's high-level operations send dog's bytes for the core
+/// of each command (dog's node-list preamble and format checks, which the
+/// library does not do, are skipped: `skip` = recorded requests left out).
+#[test]
+fn client_ops_send_dogs_requests() {
+    use sheepfs::client::{CreateOptions, SnapSel};
+    let dog = load("dog.jsonl");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    fn e<T>(r: sheepfs::client::Result<T>) -> Result<(), String> {
+        r.map(|_| ()).map_err(|e| e.to_string())
+    }
+    let cases: Vec<(&str, usize, Op)> = vec![
+        ("dog-02-cluster-format", 4, |c| {
+            Box::pin(async move { e(c.make_fs(0, 0, 0x4, 0, "plain").await) })
+        }),
+        ("dog-06-vdi-create-test-1G", 2, |c| {
+            Box::pin(async move {
+                e(c.create_vdi("test", 1 << 30, &CreateOptions::default())
+                    .await)
+            })
+        }),
+        ("dog-07-vdi-create-P-pre-12M", 2, |c| {
+            Box::pin(async move {
+                let o = CreateOptions {
+                    prealloc: true,
+                    ..Default::default()
+                };
+                e(c.create_vdi("pre", 12 << 20, &o).await)
+            })
+        }),
+        ("dog-08-vdi-create-z20-small-8M", 2, |c| {
+            Box::pin(async move {
+                let o = CreateOptions {
+                    block_size_shift: Some(20),
+                    ..Default::default()
+                };
+                e(c.create_vdi("small", 8 << 20, &o).await)
+            })
+        }),
+        ("dog-09-vdi-create-y-hyper-5T", 2, |c| {
+            Box::pin(async move {
+                let o = CreateOptions {
+                    hyper: true,
+                    ..Default::default()
+                };
+                e(c.create_vdi("hyper", 5 << 40, &o).await)
+            })
+        }),
+        ("dog-19-vdi-snapshot-s-snap1-test", 0, |c| {
+            Box::pin(async move { e(c.snapshot_vdi("test", "snap1").await) })
+        }),
+        ("dog-20-vdi-clone-s-snap1-test-clone1", 0, |c| {
+            Box::pin(async move {
+                e(c.clone_vdi("test", &SnapSel::Tag("snap1".into()), "clone1")
+                    .await)
+            })
+        }),
+        ("dog-24-vdi-resize-test-2G", 0, |c| {
+            Box::pin(async move { e(c.resize_vdi("test", 2 << 30).await) })
+        }),
+        ("dog-27-vdi-setattr-test-key-value", 0, |c| {
+            Box::pin(async move { e(c.set_attr("test", "key", b"value", false, false).await) })
+        }),
+        ("dog-28-vdi-getattr-test-key", 0, |c| {
+            Box::pin(async move {
+                match c.get_attr("test", "key").await {
+                    Ok(v) if v == b"value" => Ok(()),
+                    Ok(v) => Err(format!("value {v:?}")),
+                    Err(x) => Err(x.to_string()),
+                }
+            })
+        }),
+        ("dog-29-vdi-delete-clone1", 0, |c| {
+            Box::pin(async move { e(c.delete_vdi("clone1", &SnapSel::Working).await) })
+        }),
+        ("dog-30-vdi-delete-s-snap1-test", 0, |c| {
+            Box::pin(async move { e(c.delete_vdi("test", &SnapSel::Tag("snap1".into())).await) })
+        }),
+        ("dog-34-cluster-shutdown", 0, |c| {
+            Box::pin(async move { e(c.shutdown().await) })
+        }),
+    ];
+    let mut problems = Vec::new();
+    for (step, skip, f) in cases {
+        let ex: Vec<Exchange> = exchanges(&dog, step).into_iter().skip(skip).collect();
+        let fake = Fake::start(ex, false);
+        let client = sheepfs::client::Client::new(
+            sheepfs::client::SheepAddr::tcp("127.0.0.1", fake.port),
+            sheepfs::client::Options {
+                connections: 1,
+                retry_timeout: Duration::ZERO,
+                ..Default::default()
+            },
+        );
+        if let Err(x) = rt.block_on(f(client)) {
+            problems.push(format!("{step}: {x}"));
+        }
+        problems.extend(fake.finish().into_iter().map(|x| format!("{step}: {x}")));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
