@@ -180,12 +180,11 @@ pub struct Sheep {
 
 impl Sheep {
     pub fn new(dir: &Path, node: SdNode, fd_cache: usize) -> Result<Sheep, super::ServerError> {
-        let store = Store::open(&dir.join("obj"), fd_cache).map_err(|source| {
-            super::ServerError::Dir {
+        let store =
+            Store::open(&dir.join("obj"), fd_cache).map_err(|source| super::ServerError::Dir {
                 path: dir.join("obj"),
                 source,
-            }
-        })?;
+            })?;
         let state_file = StateFile::new(dir);
         let state = state_file.load()?;
         Ok(Sheep {
@@ -313,7 +312,11 @@ impl Sheep {
                 // sync here, and FLUSH_VDI makes them durable. Clients treat
                 // both answers as success.
                 let o = ObjArgs::decode(&h.args);
-                from_res(self.store.sync_vid(oid::oid_to_vid(o.oid)).map(|_| Reply::ok()))
+                from_res(
+                    self.store
+                        .sync_vid(oid::oid_to_vid(o.oid))
+                        .map(|_| Reply::ok()),
+                )
             }
             op::NEW_VDI => self.new_vdi(req),
             op::GET_VDI_INFO => self.get_vdi_info(req),
@@ -400,9 +403,11 @@ impl Sheep {
                 }
                 Reply::data(v)
             }
-            op::FLUSH_DEL_CACHE | op::DELETE_CACHE | op::CLEANUP | op::NOTIFY_VDI_DEL | OP_REWEIGHT => {
-                Reply::ok()
-            }
+            op::FLUSH_DEL_CACHE
+            | op::DELETE_CACHE
+            | op::CLEANUP
+            | op::NOTIFY_VDI_DEL
+            | OP_REWEIGHT => Reply::ok(),
             op::EXIST => {
                 let o = ObjArgs::decode(&h.args);
                 Reply::res(if self.store.exists(o.oid) {
@@ -415,7 +420,11 @@ impl Sheep {
                 let missing: Vec<u8> = req
                     .data
                     .chunks_exact(8)
-                    .filter(|c| !self.store.exists(u64::from_le_bytes((*c).try_into().unwrap_or([0; 8]))))
+                    .filter(|c| {
+                        !self
+                            .store
+                            .exists(u64::from_le_bytes((*c).try_into().unwrap_or([0; 8])))
+                    })
                     .flatten()
                     .copied()
                     .collect();
@@ -447,7 +456,10 @@ impl Sheep {
             op::ENABLE_RECOVER | op::DISABLE_RECOVER => {
                 let _g = self.vdi_mutex.lock();
                 let disable = h.opcode == op::DISABLE_RECOVER;
-                from_res(self.commit(|s| s.disable_recovery = disable).map(|_| Reply::ok()))
+                from_res(
+                    self.commit(|s| s.disable_recovery = disable)
+                        .map(|_| Reply::ok()),
+                )
             }
             op::FORCE_RECOVER => {
                 // Only a cluster waiting for nodes can be force-recovered.
@@ -586,7 +598,11 @@ impl Sheep {
             status: st.status,
             block_size_shift: st.block_size_shift,
             default_store: st.store.clone(),
-            nodes: if st.formatted { vec![self.node] } else { vec![] },
+            nodes: if st.formatted {
+                vec![self.node]
+            } else {
+                vec![]
+            },
         };
         let mut b = ci.encode();
         if st.formatted {
@@ -606,7 +622,11 @@ impl Sheep {
             nr_copies: if first { st.nr_copies } else { 0 },
             copy_policy: if first { st.copy_policy } else { 0 },
             flags: if first { st.flags } else { 0 },
-            drv_name: if first { st.store.clone() } else { String::new() },
+            drv_name: if first {
+                st.store.clone()
+            } else {
+                String::new()
+            },
             nodes: if with_nodes { vec![node] } else { vec![] },
         }
     }
@@ -734,7 +754,13 @@ impl Sheep {
         let size = self.object_size(o.oid);
         let off = o.offset as u64;
         if off + req.data.len() as u64 > size {
-            tracing::warn!(oid = format_args!("{:016x}", o.oid), off, len = req.data.len(), size, "create beyond the object size");
+            tracing::warn!(
+                oid = format_args!("{:016x}", o.oid),
+                off,
+                len = req.data.len(),
+                size,
+                "create beyond the object size"
+            );
             return Err(SdRes::INVALID_PARMS);
         }
         if h.flags & flags::CMD_COW != 0 && req.data.len() as u64 != size {
@@ -795,7 +821,11 @@ impl Sheep {
         let aligned = (off - start) % 4 == 0;
         for i in 0..n {
             let old_vid = get_u32(&old, 4 * i);
-            let new_vid = if aligned { get_u32(&req.data, 4 * i) } else { 0 };
+            let new_vid = if aligned {
+                get_u32(&req.data, 4 * i)
+            } else {
+                0
+            };
             let gref_zero = grefs[8 * i..8 * i + 8].iter().all(|&b| b == 0);
             // Only this VDI's own, never-shared objects are reclaimed; shared
             // ones are kept (the reference allows not modelling ledgers).
@@ -803,7 +833,9 @@ impl Sheep {
                 let doid = oid::vid_to_data_oid(own, (first + i) as u32);
                 match self.store.remove(doid) {
                     Ok(()) | Err(SdRes::NO_OBJ) => {}
-                    Err(e) => tracing::warn!(oid = format_args!("{doid:016x}"), ?e, "reclaim failed"),
+                    Err(e) => {
+                        tracing::warn!(oid = format_args!("{doid:016x}"), ?e, "reclaim failed")
+                    }
                 }
             }
         }
@@ -859,7 +891,9 @@ pub(crate) fn objsize(st: &State, oid: u64) -> u64 {
         oid::ObjKind::Ledger => 4 << 20,
         oid::ObjKind::Data | oid::ObjKind::Vmstate => {
             let s = st.shift_of(oid::oid_to_vid(oid));
-            if (crate::proto::MIN_BLOCK_SIZE_SHIFT..=crate::proto::MAX_BLOCK_SIZE_SHIFT).contains(&s) {
+            if (crate::proto::MIN_BLOCK_SIZE_SHIFT..=crate::proto::MAX_BLOCK_SIZE_SHIFT)
+                .contains(&s)
+            {
                 1u64 << s
             } else {
                 crate::proto::SD_DATA_OBJ_SIZE

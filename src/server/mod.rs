@@ -148,7 +148,11 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             source,
         })?;
     let port = tcp.local_addr().map(|a| a.port()).unwrap_or(cfg.port);
-    let sheep = Arc::new(Sheep::new(&dir, advertised_node(cfg.bind, port), cfg.fd_cache)?);
+    let sheep = Arc::new(Sheep::new(
+        &dir,
+        advertised_node(cfg.bind, port),
+        cfg.fd_cache,
+    )?);
     let sock_path = dir.join("sock");
     // A stale socket from an earlier run is replaced, as sheep does.
     match std::fs::remove_file(&sock_path) {

@@ -127,7 +127,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 "data_length beyond the largest object; refused"
             );
             if has_payload {
-                skip(&mut r, dl).await.map_err(|e| format!("receive failed: {e}"))?;
+                skip(&mut r, dl)
+                    .await
+                    .map_err(|e| format!("receive failed: {e}"))?;
             }
             let out = reply_bytes(&ctx.sheep, &hdr, Reply::res(SdRes::INVALID_PARMS));
             send(&tx, out, None).await?;
@@ -187,7 +189,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
 async fn run_request(ctx: &Arc<Ctx>, req: Req) -> Reply {
     // A COW create reads its whole source object: budget for it too.
     let mut extra = None;
-    if req.hdr.opcode == op::CREATE_AND_WRITE_OBJ && req.hdr.flags & crate::proto::flags::CMD_COW != 0 {
+    if req.hdr.opcode == op::CREATE_AND_WRITE_OBJ
+        && req.hdr.flags & crate::proto::flags::CMD_COW != 0
+    {
         let o = crate::proto::header::ObjArgs::decode(&req.hdr.args);
         let n = ctx.sheep.object_size(o.oid).min(ctx.budget_bytes) as u32;
         extra = ctx.budget.clone().acquire_many_owned(n).await.ok();

@@ -32,7 +32,13 @@ pub struct VdiEntry {
 }
 
 impl VdiEntry {
-    pub fn new(copies: u8, copy_policy: u8, block_size_shift: u8, snapshot: bool, parent: u32) -> Self {
+    pub fn new(
+        copies: u8,
+        copy_policy: u8,
+        block_size_shift: u8,
+        snapshot: bool,
+        parent: u32,
+    ) -> Self {
         VdiEntry {
             copies,
             copy_policy,
@@ -117,7 +123,10 @@ impl State {
 
     /// `get_vdi_copy_number`: unknown vids get the cluster default.
     pub fn copies_of(&self, vid: u32) -> u8 {
-        self.vdis.get(&vid).map(|e| e.copies).unwrap_or(self.nr_copies)
+        self.vdis
+            .get(&vid)
+            .map(|e| e.copies)
+            .unwrap_or(self.nr_copies)
     }
 
     /// `get_vdi_block_size_shift`: unknown vids get the cluster default.
@@ -130,7 +139,15 @@ impl State {
 
     /// `add_vdi_state`: insert or update (an existing entry keeps its lock and
     /// keeps its parent unless a non-zero one is given).
-    pub fn add_vdi(&mut self, vid: u32, copies: u8, snapshot: bool, cp: u8, shift: u8, parent: u32) {
+    pub fn add_vdi(
+        &mut self,
+        vid: u32,
+        copies: u8,
+        snapshot: bool,
+        cp: u8,
+        shift: u8,
+        parent: u32,
+    ) {
         match self.vdis.get_mut(&vid) {
             Some(e) => {
                 e.copies = copies;
@@ -150,7 +167,15 @@ impl State {
 
     /// `cluster_notify_vdi_add`: the old vid becomes a snapshot, the new one
     /// is registered with it as parent.
-    pub fn notify_vdi_add(&mut self, new_vid: u32, copies: u8, old_vid: u32, cp: u8, shift: u8, set_bitmap: bool) {
+    pub fn notify_vdi_add(
+        &mut self,
+        new_vid: u32,
+        copies: u8,
+        old_vid: u32,
+        cp: u8,
+        shift: u8,
+        set_bitmap: bool,
+    ) {
         if old_vid != 0 {
             let (oc, os) = (self.copies_of(old_vid), self.shift_of(old_vid));
             self.add_vdi(old_vid, oc, true, cp, os, 0);
@@ -230,7 +255,13 @@ impl State {
             s.deleted.set(v);
         }
         for r in p.vdis {
-            let mut e = VdiEntry::new(r.copies, r.copy_policy, r.block_size_shift, r.snapshot, r.parent);
+            let mut e = VdiEntry::new(
+                r.copies,
+                r.copy_policy,
+                r.block_size_shift,
+                r.snapshot,
+                r.parent,
+            );
             e.deleted = r.deleted;
             s.vdis.insert(r.vid, e);
         }

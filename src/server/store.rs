@@ -243,7 +243,8 @@ impl Store {
             return Err(io_res(&e, "fsync directory of", &path));
         }
         self.used.fetch_add(size, Ordering::Relaxed);
-        self.used.fetch_sub(old.min(self.used_bytes()), Ordering::Relaxed);
+        self.used
+            .fetch_sub(old.min(self.used_bytes()), Ordering::Relaxed);
         self.fds.lock().put(
             oid,
             Handle {
@@ -274,7 +275,8 @@ impl Store {
         if let Some(set) = self.dirty.lock().get_mut(&oid::oid_to_vid(oid)) {
             set.remove(&oid);
         }
-        self.used.fetch_sub(size.min(self.used_bytes()), Ordering::Relaxed);
+        self.used
+            .fetch_sub(size.min(self.used_bytes()), Ordering::Relaxed);
         self.sync_dir()
             .map_err(|e| io_res(&e, "fsync directory of", &path))
     }
@@ -407,7 +409,10 @@ mod tests {
         let mut b = vec![0u8; 3];
         s.read(oid, 0, &mut b).unwrap();
         assert_eq!(&b, b"abc");
-        assert_eq!(s.read(oid, (1 << 20) - 1, &mut b), Err(SdRes::INVALID_PARMS));
+        assert_eq!(
+            s.read(oid, (1 << 20) - 1, &mut b),
+            Err(SdRes::INVALID_PARMS)
+        );
         assert_eq!(s.used_bytes(), 1 << 20);
         // Replace: the new object is all zeros except the new data.
         s.create(oid, 1 << 20, &[]).unwrap();

@@ -96,7 +96,14 @@ impl Sheep {
     }
 
     /// `fill_vdi_info_range`: scans `[left, right)` downwards.
-    fn fill_range(&self, st: &State, left: u32, right: u32, q: &Query, info: &mut Info) -> OpResult<()> {
+    fn fill_range(
+        &self,
+        st: &State,
+        left: u32,
+        right: u32,
+        q: &Query,
+        info: &mut Info,
+    ) -> OpResult<()> {
         let mut vdi_found = false;
         let mut i = right;
         while i > left.max(1) {
@@ -174,7 +181,9 @@ impl Sheep {
             Err(SdRes::NO_VDI)
         };
         match r {
-            Err(SdRes::NO_VDI) | Err(SdRes::NO_TAG) => self.fill_range(&st, left, SD_NR_VDIS, q, info),
+            Err(SdRes::NO_VDI) | Err(SdRes::NO_TAG) => {
+                self.fill_range(&st, left, SD_NR_VDIS, q, info)
+            }
             r => r,
         }
     }
@@ -315,7 +324,8 @@ impl Sheep {
         }
         // Objects must stay below 4 GiB (obj.offset is 32-bit) and the name
         // must not look like a deleted inode.
-        if !(crate::proto::MIN_BLOCK_SIZE_SHIFT..=crate::proto::MAX_BLOCK_SIZE_SHIFT).contains(&shift)
+        if !(crate::proto::MIN_BLOCK_SIZE_SHIFT..=crate::proto::MAX_BLOCK_SIZE_SHIFT)
+            .contains(&shift)
             || cstr(&req.data).is_empty()
             || a.store_policy > 1
         {
@@ -394,7 +404,8 @@ impl Sheep {
             // Rebase: the current working VDI becomes a snapshot; the new one
             // is cloned from `base`.
             let cur = oid::vid_to_vdi_oid(info.vid);
-            self.store.write(cur, SNAP_CTIME_OFF as u64, &p.time.to_le_bytes(), true)?;
+            self.store
+                .write(cur, SNAP_CTIME_OFF as u64, &p.time.to_le_bytes(), true)?;
             self.bump_base_refs(p.base, None)?
         };
         self.write_new_inode(p, info.snapid, new_vid, Some(&base))?;
@@ -428,7 +439,13 @@ impl Sheep {
     }
 
     /// `alloc_inode` + create: a new inode, optionally cloned from `base`.
-    fn write_new_inode(&self, p: &NewVdi, snapid: u32, vid: u32, base: Option<&[u8]>) -> OpResult<()> {
+    fn write_new_inode(
+        &self,
+        p: &NewVdi,
+        snapid: u32,
+        vid: u32,
+        base: Option<&[u8]>,
+    ) -> OpResult<()> {
         let mut h = vec![0u8; SD_INODE_HEADER_SIZE];
         let name = cstr(p.name);
         let n = name.len().min(NAME_LEN - 1);
@@ -468,7 +485,11 @@ impl Sheep {
                 self.store.create(
                     ioid,
                     size,
-                    &[(0, &h), (DATA_VDI_ID_OFFSET as u64, map), (GREF_OFFSET as u64, &gref)],
+                    &[
+                        (0, &h),
+                        (DATA_VDI_ID_OFFSET as u64, map),
+                        (GREF_OFFSET as u64, &gref),
+                    ],
                 )
             }
         };
@@ -550,8 +571,8 @@ impl Sheep {
             }
         } else if !self.state.read().is_snapshot(vid) {
             // Hyper volume: drop the data objects this vid owns.
-            let mut tree = Btree::from_root(&ino[DATA_VDI_ID_OFFSET..GREF_OFFSET])
-                .map_err(|_| SdRes::EIO)?;
+            let mut tree =
+                Btree::from_root(&ino[DATA_VDI_ID_OFFSET..GREF_OFFSET]).map_err(|_| SdRes::EIO)?;
             for (_, leaf) in tree.root_indirect.clone() {
                 let mut node = vec![0u8; inode::BTREE_NODE_SIZE];
                 if self.store.read(leaf, 0, &mut node).is_ok() {
@@ -692,14 +713,20 @@ struct NewVdi<'a> {
 
 /// Writes the 4 KiB blocks of `new` that differ from `old` (both the whole object).
 fn write_diff(s: &Sheep, oid: u64, old: &[u8], new: &[u8]) -> OpResult<()> {
-    diff_ranges(old, new, |off, data| s.store.write_locked(oid, off, data, true))
+    diff_ranges(old, new, |off, data| {
+        s.store.write_locked(oid, off, data, true)
+    })
 }
 
 fn write_diff_locked(s: &Sheep, oid: u64, old: &[u8], new: &[u8]) -> OpResult<()> {
     write_diff(s, oid, old, new)
 }
 
-fn diff_ranges(old: &[u8], new: &[u8], mut f: impl FnMut(u64, &[u8]) -> OpResult<()>) -> OpResult<()> {
+fn diff_ranges(
+    old: &[u8],
+    new: &[u8],
+    mut f: impl FnMut(u64, &[u8]) -> OpResult<()>,
+) -> OpResult<()> {
     const BLK: usize = 4096;
     let n = old.len().min(new.len());
     let mut i = 0;
