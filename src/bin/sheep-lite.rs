@@ -25,14 +25,21 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
-    let default = if args.verbose { "sheepfs=debug" } else { "sheepfs=info" };
+    let default = if args.verbose {
+        "sheepfs=debug"
+    } else {
+        "sheepfs=info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sheep-lite: cannot start the runtime: {e}");
