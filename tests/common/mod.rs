@@ -90,6 +90,24 @@ impl SheepLite {
         c.wait().ok()
     }
 
+    /// Waits (bounded) for the server to exit by itself, e.g. after SHUTDOWN.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            match c.try_wait() {
+                Ok(Some(s)) => {
+                    self.child = None;
+                    return Some(s);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        }
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
