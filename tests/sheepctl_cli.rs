@@ -341,7 +341,7 @@ fn lifecycle_with_checksums() {
     let rows = list_raw(&s);
     let find = |rows: &Vec<Vec<String>>, name: &str, vid: &str| {
         rows.iter()
-            .find(|r| r[1] == name && r[6] == vid)
+            .find(|r| r[1] == name && r[7] == vid)
             .cloned()
             .unwrap_or_else(|| panic!("{name} {vid} not in {rows:?}"))
     };
@@ -651,4 +651,72 @@ fn unix_socket() {
         2,
         "failed to connect to /nonexistent/sock: No such file or directory\nfailed to connect to /nonexistent/sock: No such file or directory\n",
     );
+}
+
+#[test]
+fn lock_list_and_unlock() {
+    let s = SheepLite::start();
+    expect(&s.ctl(&["cluster", "format", "-l"]), 0, "");
+    expect(&s.ctl(&["vdi", "create", "test", "16M"]), 0, "");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = s.client();
+    let vol = rt
+        .block_on(sheepfs::client::Volume::open(
+            c.clone(),
+            "test",
+            sheepfs::client::OpenOptions {
+                lock: sheepfs::client::LockMode::Normal,
+                ..Default::default()
+            },
+        ))
+        .expect("open with lock");
+    let o = s.ctl(&["vdi", "lock", "list"]);
+    expect(&o, 0, "");
+    let rows: Vec<&str> = o.stdout_lines();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(
+        rows[1].starts_with("  test          0  7c2b25                 IPv4 ip:127.0.0.1 port:"),
+        "{rows:?}"
+    );
+    expect(&s.ctl(&["vdi", "lock", "unlock", "test"]), 0, "");
+    let o = s.ctl(&["vdi", "lock", "list"]);
+    assert_eq!(o.text().lines().count(), 1, "{o:?}");
+    expect(
+        &s.ctl(&["vdi", "lock", "unlock", "test"]),
+        1,
+        "VDI test (vid=7c2b25) is not locked\n",
+    );
+    expect(
+        &s.ctl(&["vdi", "lock", "unlock", "nope"]),
+        1,
+        "Failed to find VDI nope: No VDI found\n",
+    );
+    let o = s.ctl(&["vdi", "lock", "frob"]);
+    assert_eq!(o.code, 1);
+    assert!(o
+        .text()
+        .starts_with("Usage: sheepctl vdi lock {list|unlock}"));
+    let o = s.ctl(&["vdi", "lock", "unlock"]);
+    assert_eq!(o.code, 64);
+    assert!(
+        o.text().starts_with("Usage: sheepctl vdi lock unlock "),
+        "{o:?}"
+    );
+    drop(vol);
+}
+
+trait Lines {
+    fn stdout_lines(&self) -> Vec<&str>;
+}
+
+impl Lines for Out {
+    fn stdout_lines(&self) -> Vec<&str> {
+        std::str::from_utf8(&self.stdout)
+            .unwrap_or("")
+            .lines()
+            .collect()
+    }
 }
