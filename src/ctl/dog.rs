@@ -49,14 +49,6 @@ pub fn strerror(e: &std::io::Error) -> String {
     }
 }
 
-/// How dog names an address in its messages (`addr_to_str` + port).
-pub fn addr_text(a: &SheepAddr) -> String {
-    match a {
-        SheepAddr::Tcp { host, port } => format!("{host}:{port}"),
-        SheepAddr::Unix(p) => p.display().to_string(),
-    }
-}
-
 /// One sheepctl invocation: where to talk to, global options, and what
 /// dog's node-list preamble learned.
 pub struct Ctx {
@@ -498,17 +490,11 @@ pub fn report_transport(e: &Error) {
             errln(&msg);
             errln(&msg);
         }
-        Error::Io { source, .. } if source.kind() != std::io::ErrorKind::ConnectionAborted => {
-            errln(&format!(
-                "failed to read from socket: -1, {}",
-                strerror(source)
-            ));
-            errln("failed to read a response");
-        }
         Error::Timeout { .. } | Error::Protocol { .. } => {
             errln(&e.to_string());
             errln("failed to read a response");
         }
+        // The connection broke after the request went out (EOF, reset).
         _ => errln("failed to read a response"),
     }
 }
