@@ -90,6 +90,24 @@ impl SheepLite {
         c.wait().ok()
     }
 
+    /// Waits (bounded) for the server to exit by itself, e.g. after SHUTDOWN.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            match c.try_wait() {
+                Ok(Some(s)) => {
+                    self.child = None;
+                    return Some(s);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        }
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
@@ -171,7 +189,9 @@ impl Out {
 
 /// Deterministic test data: pattern A of the captures (`i mod 251`), offset by `seed`.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| ((i % 251) as u8).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| ((i % 251) as u8).wrapping_add(seed))
+        .collect()
 }
 
 /// Path to `shared/reference` beside the checkout.
