@@ -52,6 +52,14 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 128,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     queue_depth: u32,
+    /// Seconds of silence on a connection before the target pings it (NOP-In).
+    #[arg(long, value_name = "SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    nop_interval: u64,
+    /// Seconds a ping may stay unanswered before the connection is dropped.
+    #[arg(long, value_name = "SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    nop_timeout: u64,
     /// Log filter (tracing syntax), overridden by RUST_LOG.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     log: String,
@@ -135,6 +143,8 @@ fn main() -> ExitCode {
     };
     let limits = Limits {
         queue_depth: args.queue_depth,
+        nop_interval: Duration::from_secs(args.nop_interval),
+        nop_timeout: Duration::from_secs(args.nop_timeout),
         ..Limits::default()
     };
     rt.block_on(async {
