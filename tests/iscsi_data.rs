@@ -103,9 +103,19 @@ fn two_luns_and_two_targets_on_one_vdi_are_coherent() {
         assert_eq!(k.write16(0, lba, &e).status, 0);
         assert_eq!(i.read16(1, lba, (e.len() / 512) as u32).data, e);
     }
-    // Same NAA/serial for both LUNs: it is the same data.
+    // Same NAA/serial for both LUNs: one logical unit seen through two
+    // paths, sharing its SCSI state too.
     let inq = |i: &mut Initiator, lun| i.scsi(lun, &[0x12, 1, 0x80, 0, 255, 0], &[], 255).data;
     assert_eq!(inq(&mut i, 1), inq(&mut i, 2));
+    assert_eq!(inq(&mut i, 1), inq(&mut k, 0));
+    // A reservation taken through LUN 1 holds for LUN 2 and the other target.
+    assert_eq!(i.scsi(1, &[0x16, 0, 0, 0, 0, 0], &[], 0).status, 0);
+    let mut z = login(&t, T);
+    assert_eq!(z.write16(2, 0, &[1u8; 512]).status, 0x18);
+    assert_eq!(k.write16(0, 0, &[1u8; 512]).status, 0x18);
+    assert_eq!(i.write16(2, 0, &[1u8; 512]).status, 0);
+    assert_eq!(i.scsi(2, &[0x17, 0, 0, 0, 0, 0], &[], 0).status, 0);
+    assert_eq!(z.write16(2, 0, &[1u8; 512]).status, 0);
 }
 
 #[test]

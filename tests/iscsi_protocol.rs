@@ -364,14 +364,21 @@ fn task_management() {
     assert_eq!(i.tmf(8, 1, RSV, 0), 4);
     assert_eq!(i.tmf(3, 1, RSV, 0), 5);
 
-    // LUN RESET: the other nexus sees a unit attention once.
+    // LUN RESET: every nexus, the requester's too, sees a unit attention once.
     assert_eq!(i.tmf(5, 1, RSV, 0), 0);
-    let r = other.scsi(1, &[0, 0, 0, 0, 0, 0], &[], 0);
-    assert_eq!(r.sense_triple(), Some((0x6, 0x29, 0x03)));
-    assert_eq!(other.scsi(1, &[0, 0, 0, 0, 0, 0], &[], 0).status, 0);
-    assert_eq!(i.scsi(1, &[0, 0, 0, 0, 0, 0], &[], 0).status, 0);
+    for n in [&mut other, &mut i] {
+        let r = n.scsi(1, &[0, 0, 0, 0, 0, 0], &[], 0);
+        assert_eq!(r.sense_triple(), Some((0x6, 0x29, 0x03)));
+        assert_eq!(n.scsi(1, &[0, 0, 0, 0, 0, 0], &[], 0).status, 0);
+    }
     // TARGET WARM RESET.
     assert_eq!(i.tmf(6, 0, RSV, 0), 0);
+    assert_eq!(
+        i.scsi(1, &[0, 0, 0, 0, 0, 0], &[], 0)
+            .sense_triple()
+            .map(|s| s.0),
+        Some(6)
+    );
     assert_eq!(
         other
             .scsi(1, &[0, 0, 0, 0, 0, 0], &[], 0)

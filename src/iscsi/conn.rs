@@ -6,7 +6,7 @@ use super::backend::Reservation;
 use super::login::{Login, LoginResult, Outcome, SessionKind, SessionParams, TPGT};
 use super::pdu::{self, off, op, read_pdu, reject, Bhs, Framing, Pdu, PduError, RESERVED_TAG};
 use super::scsi::{self, lu, Access, Command, Nexus};
-use super::server::{nexus_for, SessionShared, Shared, Target};
+use super::server::{nexus_for, Lun, SessionShared, Shared, Target};
 use super::task::{self, AbortResult, Out, SnState, TaskCtl};
 use super::text::{self, KvList};
 use bytes::{Bytes, BytesMut};
@@ -147,7 +147,7 @@ struct TextCont {
 }
 
 enum Kind {
-    Lu(Arc<scsi::LogicalUnit>),
+    Lu(Arc<Lun>),
     /// REPORT LUNS, or a LUN that does not exist.
     Target(Arc<Target>),
 }
@@ -189,7 +189,11 @@ async fn full_feature(
         SessionKind::Normal(t) => t.cfg.name.clone(),
         SessionKind::Discovery => String::new(),
     };
-    let nexus = nexus_for(&res.initiator, &res.isid, &target_name);
+    let rel_port = match &res.kind {
+        SessionKind::Normal(t) => t.rel_port,
+        SessionKind::Discovery => 0,
+    };
+    let nexus = nexus_for(&res.initiator, &res.isid, &target_name, rel_port);
     let (kill_tx, mut kill_rx) = watch::channel(false);
     let sess = Arc::new(SessionShared {
         id: shared.next_session_id(),
@@ -304,8 +308,8 @@ async fn full_feature(
     let _ = writer.await;
     shared.unregister_session(&sess);
     if let Some(t) = &sess.target {
-        for lu in t.luns.values() {
-            lu.nexus_lost(&sess.nexus.initiator_port);
+        for l in t.luns.values() {
+            l.lu.nexus_lost(&sess.nexus.id);
         }
     }
     sess.closed.send_replace(true);
@@ -614,7 +618,11 @@ impl Conn {
         // Bidirectional commands are not supported; oversized writes are not collected.
         let early: Option<scsi::Sense> =
             (write && (read || edtl > MAX_WRITE_EDTL)).then(|| scsi::invalid_cdb(0));
-        let task = Arc::new(TaskCtl::new(itt, lun.unwrap_or(u64::MAX), cmd_sn));
+        let lu_key = match &kind {
+            Kind::Lu(l) => l.lu_key(),
+            Kind::Target(_) => 0,
+        };
+        let task = Arc::new(TaskCtl::new(itt, lun.unwrap_or(u64::MAX), lu_key, cmd_sn));
         self.sess.tasks.lock().insert(itt, task.clone());
         self.cs.sn.task_started();
 
@@ -629,12 +637,13 @@ impl Conn {
             r2ts: 0,
         };
         if early.is_none() {
-            if let Kind::Lu(lu) = &kind {
-                reservation = match lu.access(&cdb) {
+            if let Kind::Lu(l) = &kind {
+                let order = &l.lu.disk.order;
+                reservation = match l.lu.access(&cdb) {
                     Access::None => None,
-                    Access::Read { start, end } => Some(lu.disk.order.reserve(start, end, false)),
-                    Access::Write { start, end } => Some(lu.disk.order.reserve(start, end, true)),
-                    Access::Barrier => Some(lu.disk.order.reserve(0, u64::MAX, true)),
+                    Access::Read { start, end } => Some(order.reserve(start, end, false)),
+                    Access::Write { start, end } => Some(order.reserve(start, end, true)),
+                    Access::Barrier => Some(order.reserve(0, u64::MAX, true)),
                 };
             }
             if write && edtl > 0 {
@@ -762,6 +771,7 @@ impl Conn {
         // (response code, tasks to wait for, LUs to reset, close after)
         let mut aborted = Vec::new();
         let mut resets: Vec<Arc<scsi::LogicalUnit>> = Vec::new();
+        let lu_key = lu.as_ref().map(|l| l.lu_key());
         let mut close = false;
         let code: u8 = match func {
             1 => {
@@ -796,16 +806,19 @@ impl Conn {
                 if lu.is_none() {
                     2
                 } else {
+                    // ABORT TASK SET: this nexus's tasks; CLEAR TASK SET and
+                    // LUN RESET: every task on the logical unit, any path.
                     let tasks: Vec<Arc<TaskCtl>> = if func == 2 {
                         self.sess
                             .tasks
                             .lock()
                             .values()
-                            .filter(|t| Some(t.lun) == lun)
+                            .filter(|t| Some(t.lu_key) == lu_key)
                             .cloned()
                             .collect()
                     } else {
-                        target.tasks_on(lun)
+                        self.shared
+                            .tasks_on(&lu_key.into_iter().collect::<Vec<_>>())
                     };
                     for t in tasks {
                         if t.abort() == AbortResult::Aborted {
@@ -813,19 +826,20 @@ impl Conn {
                         }
                     }
                     if func == 5 {
-                        resets.extend(lu.clone());
+                        resets.extend(lu.as_ref().map(|l| l.lu.clone()));
                     }
                     0
                 }
             }
             3 => 5, // CLEAR ACA: NACA is not supported
             6 | 7 => {
-                for t in target.tasks_on(None) {
+                let keys: Vec<usize> = target.luns.values().map(|l| l.lu_key()).collect();
+                for t in self.shared.tasks_on(&keys) {
                     if t.abort() == AbortResult::Aborted {
                         aborted.push(t);
                     }
                 }
-                resets.extend(target.luns.values().cloned());
+                resets.extend(target.luns.values().map(|l| l.lu.clone()));
                 close = func == 7;
                 0
             }
@@ -835,15 +849,13 @@ impl Conn {
         // Aborted writes stop soliciting; their later Data-Out is discarded.
         self.xfers.retain(|_, x| !x.task.is_aborted());
         let out = self.cs.out.clone();
-        let me = self.sess.nexus.initiator_port.clone();
-        let sess = self.sess.clone();
         let cold = close.then(|| target.clone());
         tokio::spawn(async move {
             for t in &aborted {
                 t.wait_done().await;
             }
             for lu in &resets {
-                lu.reset(Some(&me));
+                lu.reset();
             }
             let mut b = Bhs::new(op::TMF_RSP);
             b.set_flags(0x80);
@@ -862,7 +874,6 @@ impl Conn {
                 for s in sessions {
                     s.kill.send_replace(true);
                 }
-                let _ = sess;
             }
         });
         Ok(())
@@ -1166,10 +1177,11 @@ impl TaskRun {
             scsi::Response::check(s, false)
         } else {
             match &self.kind {
-                Kind::Lu(lu) => {
+                Kind::Lu(l) => {
                     tracing::trace!(op = self.cdb[0], "execute");
-                    lu.execute(&Command {
+                    l.lu.execute(&Command {
                         cdb: &self.cdb,
+                        path: &l.path,
                         data_out: &data,
                         nexus,
                     })

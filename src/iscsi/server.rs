@@ -5,7 +5,7 @@ use super::backend::Registry;
 use super::config::{Config, TargetConfig};
 use super::conn;
 use super::login::TPGT;
-use super::scsi::{LogicalUnit, LuInfo, Nexus};
+use super::scsi::{LogicalUnit, Nexus, Path};
 use super::task::TaskCtl;
 use crate::client;
 use parking_lot::Mutex;
@@ -55,22 +55,37 @@ impl Default for Limits {
     }
 }
 
+/// A LUN of a target: the path to a logical unit.
+pub struct Lun {
+    pub lu: Arc<LogicalUnit>,
+    pub path: Path,
+}
+
+impl Lun {
+    /// Identifies the logical unit across targets (for resets and aborts).
+    pub fn lu_key(&self) -> usize {
+        Arc::as_ptr(&self.lu) as usize
+    }
+}
+
 /// One target with its LUNs and live sessions.
 pub struct Target {
     pub cfg: TargetConfig,
-    pub luns: BTreeMap<u64, Arc<LogicalUnit>>,
+    /// Relative target port identifier: one target port per target.
+    pub rel_port: u16,
+    pub luns: BTreeMap<u64, Arc<Lun>>,
     pub lun_ids: Vec<u64>,
     pub sessions: Mutex<HashMap<u64, Arc<SessionShared>>>,
 }
 
 impl Target {
-    /// Every task on `lun` (None = all LUNs) across the target's sessions.
-    pub fn tasks_on(&self, lun: Option<u64>) -> Vec<Arc<TaskCtl>> {
+    /// Every task of this target's sessions on one of these logical units.
+    pub fn tasks_on(&self, lus: &[usize]) -> Vec<Arc<TaskCtl>> {
         let sessions: Vec<Arc<SessionShared>> = self.sessions.lock().values().cloned().collect();
         let mut v = Vec::new();
         for s in sessions {
             for t in s.tasks.lock().values() {
-                if lun.is_none_or(|l| l == t.lun) {
+                if lus.contains(&t.lu_key) {
                     v.push(t.clone());
                 }
             }
@@ -109,6 +124,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Every task, through any target, on one of these logical units.
+    pub fn tasks_on(&self, lus: &[usize]) -> Vec<Arc<TaskCtl>> {
+        self.targets.iter().flat_map(|t| t.tasks_on(lus)).collect()
+    }
+
     pub fn find_target(&self, name: &str) -> Option<Arc<Target>> {
         self.targets
             .iter()
@@ -173,6 +193,7 @@ impl Shared {
             .map(|cfg| {
                 Arc::new(Target {
                     cfg,
+                    rel_port: 1,
                     luns: BTreeMap::new(),
                     lun_ids: vec![],
                     sessions: Mutex::new(HashMap::new()),
@@ -192,14 +213,14 @@ impl Shared {
 }
 
 /// The nexus of a session: SPC-4 initiator and target port names.
-pub fn nexus_for(initiator: &str, isid: &[u8; 6], target: &str) -> Nexus {
+pub fn nexus_for(initiator: &str, isid: &[u8; 6], target: &str, rel_port: u16) -> Nexus {
     let isid_hex: String = isid.iter().map(|b| format!("{b:02x}")).collect();
-    Nexus {
-        initiator_port: format!("{},i,0x{}", initiator.to_ascii_lowercase(), isid_hex),
-        initiator_name: initiator.to_string(),
-        target_port: format!("{target},t,0x{TPGT:04x}"),
-        rel_port: 1,
-    }
+    Nexus::new(
+        format!("{},i,0x{}", initiator.to_ascii_lowercase(), isid_hex),
+        initiator.to_string(),
+        format!("{target},t,0x{TPGT:04x}"),
+        rel_port,
+    )
 }
 
 /// A configured, listening target server.
@@ -221,7 +242,10 @@ impl Server {
         cfg.validate()?;
         let mut registry = Registry::new(client_opts);
         let mut targets = Vec::new();
-        for t in &cfg.targets {
+        // One logical unit per disk, whatever number of LUNs lead to it.
+        let mut lus: HashMap<usize, Arc<LogicalUnit>> = HashMap::new();
+        for (ti, t) in cfg.targets.iter().enumerate() {
+            let rel_port = u16::try_from(ti + 1).unwrap_or(u16::MAX);
             let mut luns = BTreeMap::new();
             for l in &t.luns {
                 let disk = match registry.open(&l.backing).await {
@@ -234,17 +258,23 @@ impl Server {
                         ));
                     }
                 };
-                let info = LuInfo {
+                let path = Path {
                     lun: l.id,
                     target_name: t.name.clone(),
+                    rel_port,
                     read_only: l.read_only || l.backing.is_snapshot(),
                 };
                 tracing::info!(target_name = %t.name, lun = l.id, backing = %l.backing,
-                    size = disk.backend.size(), read_only = info.read_only, "LUN ready");
-                luns.insert(l.id, Arc::new(LogicalUnit::new(info, disk)));
+                    size = disk.backend.size(), read_only = path.read_only, "LUN ready");
+                let lu = lus
+                    .entry(Arc::as_ptr(&disk) as usize)
+                    .or_insert_with(|| Arc::new(LogicalUnit::new(disk.clone())))
+                    .clone();
+                luns.insert(l.id, Arc::new(Lun { lu, path }));
             }
             targets.push(Arc::new(Target {
                 cfg: t.clone(),
+                rel_port,
                 lun_ids: luns.keys().copied().collect(),
                 luns,
                 sessions: Mutex::new(HashMap::new()),

@@ -25,6 +25,8 @@ enum State {
 pub struct TaskCtl {
     pub itt: u32,
     pub lun: u64,
+    /// The logical unit (see `Lun::lu_key`), 0 for none.
+    pub lu_key: usize,
     pub cmd_sn: u32,
     state: Mutex<State>,
     abort_tx: watch::Sender<bool>,
@@ -40,10 +42,11 @@ pub enum AbortResult {
 }
 
 impl TaskCtl {
-    pub fn new(itt: u32, lun: u64, cmd_sn: u32) -> TaskCtl {
+    pub fn new(itt: u32, lun: u64, lu_key: usize, cmd_sn: u32) -> TaskCtl {
         TaskCtl {
             itt,
             lun,
+            lu_key,
             cmd_sn,
             state: Mutex::new(State::Waiting),
             abort_tx: watch::channel(false).0,
@@ -361,13 +364,13 @@ mod tests {
 
     #[tokio::test]
     async fn abort_states() {
-        let t = TaskCtl::new(1, 0, 0);
+        let t = TaskCtl::new(1, 0, 0, 0);
         assert!(t.start());
         assert_eq!(t.abort(), AbortResult::Aborted);
         assert!(!t.respond());
         t.mark_done();
         t.wait_done().await;
-        let t = TaskCtl::new(2, 0, 0);
+        let t = TaskCtl::new(2, 0, 0, 0);
         assert!(t.start());
         assert!(t.respond());
         assert_eq!(t.abort(), AbortResult::TooLate);

@@ -22,13 +22,17 @@ pub const VENDOR: &[u8; 8] = b"SHEEPDOG";
 pub const PRODUCT: &[u8; 16] = b"VDI             ";
 pub const REVISION: &[u8; 4] = b"0001";
 
-/// Static facts about a logical unit.
+/// How one LUN of one target reaches a logical unit. Several paths may
+/// lead to the same logical unit (two LUNs or two targets on one VDI): they
+/// share its data, reservations, unit attentions and mode pages.
 #[derive(Debug, Clone)]
-pub struct LuInfo {
+pub struct Path {
     pub lun: u64,
     /// The target's iSCSI name (for device identification).
     pub target_name: String,
-    /// Refuse writes (configured read-only, or a snapshot).
+    /// Relative target port identifier (one per target).
+    pub rel_port: u16,
+    /// Refuse writes through this path (configured read-only, or a snapshot).
     pub read_only: bool,
 }
 
@@ -43,8 +47,8 @@ struct LuState {
     last_size: u64,
 }
 
+/// One logical unit: a disk and the SCSI state kept for it.
 pub struct LogicalUnit {
-    pub info: LuInfo,
     pub disk: Arc<Disk>,
     state: Mutex<LuState>,
 }
@@ -141,10 +145,9 @@ fn class_of(cdb: &[u8]) -> Class {
 }
 
 impl LogicalUnit {
-    pub fn new(info: LuInfo, disk: Arc<Disk>) -> LogicalUnit {
+    pub fn new(disk: Arc<Disk>) -> LogicalUnit {
         let size = disk.backend.size();
         LogicalUnit {
-            info,
             disk,
             state: Mutex::new(LuState {
                 res: Reservations::default(),
@@ -162,8 +165,8 @@ impl LogicalUnit {
         self.disk.backend.size() >> BLOCK_SHIFT
     }
 
-    fn write_protected(&self, st: &LuState) -> bool {
-        self.info.read_only || st.swp || self.disk.backend.read_only()
+    fn write_protected(&self, st: &LuState, path: &Path) -> bool {
+        path.read_only || st.swp || self.disk.backend.read_only()
     }
 
     /// Whether sense data should use the descriptor format.
@@ -209,19 +212,21 @@ impl LogicalUnit {
         }
     }
 
-    /// LUN reset (SAM-5): SPC-2 reservations go, a reset UA is established.
-    pub fn reset(&self, by: Option<&str>) {
+    /// LUN reset (SAM-5): SPC-2 reservations go, and every I_T nexus
+    /// (the requester's too) gets a reset unit attention.
+    pub fn reset(&self) {
         {
             let mut st = self.state.lock();
             st.res.reset();
             st.prevent.clear();
         }
-        self.unit_attention_all(asc::BUS_DEVICE_RESET, by);
+        self.unit_attention_all(asc::BUS_DEVICE_RESET, None);
     }
 
     /// The nexus is gone (session closed): its SPC-2 reservation and
     /// medium-removal prevention end.
-    pub fn nexus_lost(&self, port: &str) {
+    pub fn nexus_lost(&self, nexus: &str) {
+        let port = nexus;
         let mut st = self.state.lock();
         st.res.nexus_lost(port);
         st.prevent.remove(port);
@@ -236,7 +241,7 @@ impl LogicalUnit {
     /// Executes one command.
     pub async fn execute(&self, cmd: &Command<'_>) -> Response {
         let cdb = cmd.cdb;
-        let port = cmd.nexus.initiator_port.as_str();
+        let port = cmd.nexus.id.as_str();
         let op = cdb[0];
         // Unit attentions, reservations: decided under the state lock.
         {
@@ -275,7 +280,7 @@ impl LogicalUnit {
         match cdb[0] {
             0x00 => Ok(Response::good()),
             0x03 => self.request_sense(cmd),
-            0x12 => self.inquiry(cdb),
+            0x12 => self.inquiry(cdb, cmd.path),
             0xa0 => Err(invalid_cdb(0)), // handled by the target (knows all LUNs)
             0x08 | 0x28 | 0xa8 | 0x88 => self.read(cdb).await,
             0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e => self.write(cmd).await,
@@ -292,7 +297,7 @@ impl LogicalUnit {
                 0x12 => self.get_lba_status(cdb),
                 _ => Err(invalid_cdb(1)),
             },
-            0x1a | 0x5a => self.mode_sense(cdb),
+            0x1a | 0x5a => self.mode_sense(cdb, cmd.path),
             0x15 | 0x55 => self.mode_select(cmd),
             0xa3 if cdb[1] & 0x1f == 0x0c => {
                 let alloc = be32(&cdb[6..10]) as usize;
@@ -303,9 +308,9 @@ impl LogicalUnit {
             0x1e => {
                 let mut st = self.state.lock();
                 if cdb[4] & 0x03 != 0 {
-                    st.prevent.insert(cmd.nexus.initiator_port.clone());
+                    st.prevent.insert(cmd.nexus.id.clone());
                 } else {
-                    st.prevent.remove(&cmd.nexus.initiator_port);
+                    st.prevent.remove(&cmd.nexus.id);
                 }
                 Ok(Response::good())
             }
@@ -314,7 +319,7 @@ impl LogicalUnit {
                     // Third-party reservations are not supported.
                     return Err(invalid_cdb(1));
                 }
-                let ok = self.state.lock().res.reserve(&cmd.nexus.initiator_port);
+                let ok = self.state.lock().res.reserve(&cmd.nexus.id);
                 Ok(if ok {
                     Response::good()
                 } else {
@@ -322,7 +327,7 @@ impl LogicalUnit {
                 })
             }
             0x17 | 0x57 => {
-                self.state.lock().res.release(&cmd.nexus.initiator_port);
+                self.state.lock().res.release(&cmd.nexus.id);
                 Ok(Response::good())
             }
             0x5e => {
@@ -350,9 +355,9 @@ impl LogicalUnit {
         Ok((rw.lba << BLOCK_SHIFT, rw.blocks << BLOCK_SHIFT))
     }
 
-    fn check_writable(&self) -> Result<(), Sense> {
+    fn check_writable(&self, path: &Path) -> Result<(), Sense> {
         let st = self.state.lock();
-        if self.write_protected(&st) {
+        if self.write_protected(&st, path) {
             return Err(Sense::new(key::DATA_PROTECT, asc::WRITE_PROTECTED));
         }
         Ok(())
@@ -368,11 +373,11 @@ impl LogicalUnit {
             .read(off, len as usize)
             .await
             .map_err(|e| {
-                tracing::warn!(lun = self.info.lun, disk = %self.disk.backend.describe(), off, len, error = %e, "read failed");
+                tracing::warn!(disk = %self.disk.backend.describe(), off, len, error = %e, "read failed");
                 io_sense(&e, false)
             })?;
         if d.len() as u64 != len {
-            tracing::warn!(lun = self.info.lun, off, len, got = d.len(), "short read");
+            tracing::warn!(off, len, got = d.len(), "short read");
             return Err(io_sense(&BackendError::Failed("short read".into()), false));
         }
         Ok(d)
@@ -383,14 +388,14 @@ impl LogicalUnit {
             return Ok(());
         }
         self.disk.backend.write(off, data).await.map_err(|e| {
-            tracing::warn!(lun = self.info.lun, disk = %self.disk.backend.describe(), off, len = data.len(), error = %e, "write failed");
+            tracing::warn!(disk = %self.disk.backend.describe(), off, len = data.len(), error = %e, "write failed");
             io_sense(&e, true)
         })
     }
 
     async fn backend_flush(&self) -> Result<(), Sense> {
         self.disk.backend.flush().await.map_err(|e| {
-            tracing::warn!(lun = self.info.lun, disk = %self.disk.backend.describe(), error = %e, "flush failed");
+            tracing::warn!(disk = %self.disk.backend.describe(), error = %e, "flush failed");
             io_sense(&e, true)
         })
     }
@@ -400,7 +405,7 @@ impl LogicalUnit {
             return Ok(());
         }
         self.disk.backend.discard(off, len).await.map_err(|e| {
-            tracing::warn!(lun = self.info.lun, disk = %self.disk.backend.describe(), off, len, error = %e, "discard failed");
+            tracing::warn!(disk = %self.disk.backend.describe(), off, len, error = %e, "discard failed");
             io_sense(&e, true)
         })
     }
@@ -413,9 +418,7 @@ impl LogicalUnit {
         let alloc = cdb[4] as usize;
         let pending = {
             let mut st = self.state.lock();
-            st.ua
-                .get_mut(&cmd.nexus.initiator_port)
-                .and_then(|q| q.pop_front())
+            st.ua.get_mut(&cmd.nexus.id).and_then(|q| q.pop_front())
         };
         let s = match pending {
             Some(a) => Sense::new(key::UNIT_ATTENTION, a),
@@ -424,7 +427,7 @@ impl LogicalUnit {
         Ok(Response::data(truncate(s.encode(desc), alloc)))
     }
 
-    fn inquiry(&self, cdb: &[u8]) -> Result<Response, Sense> {
+    fn inquiry(&self, cdb: &[u8], path: &Path) -> Result<Response, Sense> {
         let evpd = cdb[1] & 0x01 != 0;
         if cdb[1] & 0x02 != 0 {
             return Err(invalid_cdb(1));
@@ -440,7 +443,7 @@ impl LogicalUnit {
             match page {
                 0x00 => vpd(0x00, &[0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]),
                 0x80 => vpd(0x80, self.serial().as_bytes()),
-                0x83 => vpd(0x83, &self.device_id()),
+                0x83 => vpd(0x83, &self.device_id(path)),
                 0xb0 => vpd(0xb0, &self.block_limits()),
                 0xb1 => {
                     let mut p = vec![0u8; 0x3c];
@@ -478,7 +481,7 @@ impl LogicalUnit {
         format!("{:016x}", self.disk.id)
     }
 
-    fn device_id(&self) -> Vec<u8> {
+    fn device_id(&self, path: &Path) -> Vec<u8> {
         let mut p = Vec::new();
         // NAA locally assigned (type 3), binary, LU association.
         p.extend_from_slice(&[0x01, 0x03, 0x00, 0x08]);
@@ -489,11 +492,12 @@ impl LogicalUnit {
         p.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
         p.extend_from_slice(&t10);
         // Relative target port (iSCSI, target port association, PIV).
-        p.extend_from_slice(&[0x51, 0x94, 0x00, 0x04, 0, 0, 0, 1]);
+        p.extend_from_slice(&[0x51, 0x94, 0x00, 0x04, 0, 0]);
+        p.extend_from_slice(&path.rel_port.to_be_bytes());
         // SCSI name strings: target port and target device.
-        let port = format!("{},t,0x0001", self.info.target_name);
+        let port = format!("{},t,0x0001", path.target_name);
         push_name(&mut p, 0x98, &port);
-        push_name(&mut p, 0xa8, &self.info.target_name);
+        push_name(&mut p, 0xa8, &path.target_name);
         p
     }
 
@@ -530,7 +534,7 @@ impl LogicalUnit {
             return Err(invalid_cdb(1));
         }
         let (off, len) = self.check_range(&rw, MAX_XFER_BLOCKS)?;
-        self.check_writable()?;
+        self.check_writable(cmd.path)?;
         // Only whole blocks the initiator actually sent are written (residual overflow).
         let have = (cmd.data_out.len() as u64).min(len) & !(BLOCK_SIZE - 1);
         self.backend_write(off, &cmd.data_out[..have as usize])
@@ -624,7 +628,7 @@ impl LogicalUnit {
             rw.blocks = nb - rw.lba;
         }
         let (off, len) = self.check_range(&rw, MAX_WS_BLOCKS)?;
-        self.check_writable()?;
+        self.check_writable(cmd.path)?;
         let wanted = if ndob { 0 } else { BLOCK_SIZE };
         let block: Vec<u8> = if ndob {
             vec![0u8; BLOCK_SIZE as usize]
@@ -684,7 +688,7 @@ impl LogicalUnit {
         if n > MAX_UNMAP_DESCRIPTORS {
             return Err(invalid_param(2));
         }
-        self.check_writable()?;
+        self.check_writable(cmd.path)?;
         let nb = self.blocks();
         let mut ranges = Vec::with_capacity(n);
         for i in 0..n {
@@ -717,7 +721,7 @@ impl LogicalUnit {
         if len == 0 {
             return Ok(done);
         }
-        self.check_writable()?;
+        self.check_writable(cmd.path)?;
         if (cmd.data_out.len() as u64) < wanted {
             return Err(illegal(asc::INVALID_FIELD_IN_IU));
         }
@@ -742,7 +746,7 @@ impl LogicalUnit {
             return Err(invalid_cdb(1));
         }
         let (off, len) = self.check_range(&rw, MAX_XFER_BLOCKS)?;
-        self.check_writable()?;
+        self.check_writable(cmd.path)?;
         let have = (cmd.data_out.len() as u64).min(len) & !(BLOCK_SIZE - 1);
         if have > 0 {
             let mut cur = self.backend_read(off, have).await?;
@@ -871,7 +875,7 @@ impl LogicalUnit {
         })
     }
 
-    fn mode_sense(&self, cdb: &[u8]) -> Result<Response, Sense> {
+    fn mode_sense(&self, cdb: &[u8], path: &Path) -> Result<Response, Sense> {
         let ten = cdb[0] == 0x5a;
         let dbd = cdb[1] & 0x08 != 0;
         let llbaa = ten && cdb[1] & 0x10 != 0;
@@ -901,7 +905,7 @@ impl LogicalUnit {
                 None => return Err(invalid_cdb(2)),
             }
         }
-        let wp = self.write_protected(&st);
+        let wp = self.write_protected(&st, path);
         drop(st);
         let nb = self.blocks();
         let mut bd = Vec::new();
@@ -1024,7 +1028,7 @@ impl LogicalUnit {
             st.swp = s;
         }
         if changed {
-            let me = cmd.nexus.initiator_port.clone();
+            let me = cmd.nexus.id.clone();
             let known: Vec<String> = st.known.iter().cloned().collect();
             for k in known {
                 if k != me {
@@ -1174,32 +1178,27 @@ mod tests {
     fn lu(size: u64) -> (LogicalUnit, Arc<MemBackend>) {
         let m = Arc::new(MemBackend::new(size, 1 << 20));
         let d = Disk::new(m.clone(), 0x1234);
-        (
-            LogicalUnit::new(
-                LuInfo {
-                    lun: 1,
-                    target_name: "iqn.2024-01.test:t".into(),
-                    read_only: false,
-                },
-                d,
-            ),
-            m,
-        )
+        (LogicalUnit::new(d), m)
+    }
+
+    fn path(read_only: bool) -> Path {
+        Path {
+            lun: 1,
+            target_name: "iqn.2024-01.test:t".into(),
+            rel_port: 1,
+            read_only,
+        }
     }
 
     fn nexus(p: &str) -> Nexus {
-        Nexus {
-            initiator_port: p.into(),
-            initiator_name: p.into(),
-            target_port: "iqn.2024-01.test:t,t,0x0001".into(),
-            rel_port: 1,
-        }
+        Nexus::new(p.into(), p.into(), "iqn.2024-01.test:t,t,0x0001".into(), 1)
     }
 
     async fn run(lu: &LogicalUnit, cdb: &[u8], data: &[u8]) -> Response {
         let n = nexus("a");
         lu.execute(&Command {
             cdb,
+            path: &path(false),
             data_out: data,
             nexus: &n,
         })
@@ -1242,14 +1241,7 @@ mod tests {
     #[tokio::test]
     async fn read_only_lun_refuses_writes() {
         let m = Arc::new(MemBackend::new(1 << 20, 1 << 20).read_only());
-        let lu = LogicalUnit::new(
-            LuInfo {
-                lun: 0,
-                target_name: "iqn.x:y".into(),
-                read_only: false,
-            },
-            Disk::new(m, 1),
-        );
+        let lu = LogicalUnit::new(Disk::new(m, 1));
         let r = run(&lu, &rw16(0x8a, 0, 1), &[0u8; 512]).await;
         assert_eq!(sense_of(&r), (key::DATA_PROTECT, 0x27, 0));
         let r = run(&lu, &rw16(0x88, 0, 1), &[]).await;
@@ -1360,6 +1352,7 @@ mod tests {
         let b = nexus("b");
         lu.execute(&Command {
             cdb: &[0, 0, 0, 0, 0, 0],
+            path: &path(false),
             data_out: &[],
             nexus: &b,
         })
@@ -1377,6 +1370,7 @@ mod tests {
         let r = lu
             .execute(&Command {
                 cdb: &[0, 0, 0, 0, 0, 0],
+                path: &path(false),
                 data_out: &[],
                 nexus: &b,
             })

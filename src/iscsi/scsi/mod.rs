@@ -6,7 +6,7 @@ pub mod lu;
 mod opcodes;
 mod pr;
 
-pub use lu::{LogicalUnit, LuInfo};
+pub use lu::{LogicalUnit, Path};
 
 use bytes::Bytes;
 
@@ -170,6 +170,8 @@ pub fn lba_out_of_range() -> Sense {
 /// The I_T nexus a command arrived on (SPC-4 initiator port + target port).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Nexus {
+    /// Identifies the I_T nexus: `initiator_port|target_port`.
+    pub id: String,
     /// `iqn...,i,0x<ISID>`: the initiator port name (SPC-4 TransportID).
     pub initiator_port: String,
     /// The initiator's iSCSI name.
@@ -183,6 +185,8 @@ pub struct Nexus {
 #[derive(Debug)]
 pub struct Command<'a> {
     pub cdb: &'a [u8],
+    /// The LUN (and target) the command came through.
+    pub path: &'a Path,
     /// Everything the initiator sent (EDTL bytes, or fewer on overflow).
     pub data_out: &'a [u8],
     pub nexus: &'a Nexus,
@@ -198,6 +202,23 @@ pub struct Response {
     pub sense: Vec<u8>,
     /// Bytes of data-out the command wanted (for residuals of writes).
     pub wanted_out: u64,
+}
+
+impl Nexus {
+    pub fn new(
+        initiator_port: String,
+        initiator_name: String,
+        target_port: String,
+        rel_port: u16,
+    ) -> Nexus {
+        Nexus {
+            id: format!("{initiator_port}|{target_port}"),
+            initiator_port,
+            initiator_name,
+            target_port,
+            rel_port,
+        }
+    }
 }
 
 impl Response {

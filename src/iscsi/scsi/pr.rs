@@ -34,8 +34,10 @@ pub struct Reservations {
     /// SPC-2 RESERVE holder (initiator port).
     spc2: Option<String>,
     generation: u32,
-    /// (initiator port, key) in registration order.
+    /// (I_T nexus id, key) in registration order.
     regs: Vec<(String, u64)>,
+    /// Relative target port of each registered nexus (READ FULL STATUS).
+    rels: std::collections::HashMap<String, u16>,
     res: Option<PrRes>,
 }
 
@@ -184,8 +186,10 @@ impl Reservations {
                             d[13] = r.rtype & 0x0f;
                         }
                     }
-                    d[18..20].copy_from_slice(&1u16.to_be_bytes());
-                    let tid = transport_id(port);
+                    let rel = self.rels.get(port).copied().unwrap_or(1);
+                    d[18..20].copy_from_slice(&rel.to_be_bytes());
+                    // The nexus id is "initiator port|target port".
+                    let tid = transport_id(port.split('|').next().unwrap_or(port));
                     d[20..24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
                     d.extend_from_slice(&tid);
                     body.extend_from_slice(&d);
@@ -240,7 +244,7 @@ impl Reservations {
             // APTPL: registrations are not kept across power loss.
             return Err(invalid_param(20).into());
         }
-        let me = nexus.initiator_port.as_str();
+        let me = nexus.id.as_str();
         let mine = self.key_of(me);
         let mut ua = Attentions::new();
         match sa {
@@ -256,6 +260,7 @@ impl Reservations {
                     (None, 0) => {}
                     (None, k) => {
                         self.regs.push((me.to_string(), k));
+                        self.rels.insert(me.to_string(), nexus.rel_port);
                         self.generation = self.generation.wrapping_add(1);
                     }
                     (Some(_), 0) => {
@@ -335,6 +340,7 @@ impl Reservations {
 
     fn unregister(&mut self, port: &str, ua: &mut Attentions) {
         self.regs.retain(|(p, _)| p != port);
+        self.rels.remove(port);
         if let Some(r) = self.res.clone() {
             let drop_res = if all_registrants(r.rtype) {
                 self.regs.is_empty()
@@ -456,6 +462,7 @@ mod tests {
 
     fn nx(p: &str) -> Nexus {
         Nexus {
+            id: p.into(),
             initiator_port: p.into(),
             initiator_name: p.into(),
             target_port: "t".into(),
