@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -270,6 +270,21 @@ async fn full_feature(
                     if let Err(e) = c.handle(p).await {
                         break e;
                     }
+                    // Whatever else has arrived, without another wake-up.
+                    let mut end = None;
+                    while let Ok(r) = in_rx.try_recv() {
+                        let res = match r {
+                            Ok(p) => c.handle(p).await,
+                            Err(e) => Err(c.read_error(e).await),
+                        };
+                        if let Err(e) = res {
+                            end = Some(e);
+                            break;
+                        }
+                    }
+                    if let Some(e) = end {
+                        break e;
+                    }
                 }
                 Some(Err(e)) => break c.read_error(e).await,
                 None => break End::Closed,
@@ -300,12 +315,24 @@ async fn full_feature(
         t.abort();
     }
     c.xfers.clear();
-    let _ = cs.out.send(Out::Close).await;
     drop(c);
+    // An initiator that stopped reading must not keep this connection (and
+    // the tasks waiting to queue responses) alive: bounded waits, then the
+    // writer is dropped, which fails every pending send.
+    let grace = Duration::from_secs(10);
+    let mut writer = writer;
+    let flushed = async {
+        let _ = cs.out.send(Out::Close).await;
+        let _ = (&mut writer).await;
+    };
+    if tokio::time::timeout(grace, flushed).await.is_err() {
+        tracing::info!("initiator not reading; dropping unsent PDUs");
+        writer.abort();
+        let _ = writer.await;
+    }
     for t in &tasks {
         t.wait_done().await;
     }
-    let _ = writer.await;
     shared.unregister_session(&sess);
     if let Some(t) = &sess.target {
         for l in t.luns.values() {
@@ -315,7 +342,10 @@ async fn full_feature(
     sess.closed.send_replace(true);
 }
 
-async fn reader(mut rd: OwnedReadHalf, tx: mpsc::Sender<Result<Pdu, PduError>>, fr: Framing) {
+async fn reader(rd: OwnedReadHalf, tx: mpsc::Sender<Result<Pdu, PduError>>, fr: Framing) {
+    // Buffered: a header, its data and the next PDUs usually arrive in one
+    // segment, so one receive call serves several reads.
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
     loop {
         let r = read_pdu(&mut rd, &fr).await;
         let stop = r.is_err();
