@@ -40,8 +40,9 @@ struct Tgtd {
 impl Tgtd {
     fn start() -> Tgtd {
         let port = free_port();
-        // A control port unlikely to collide with another tgtd on the machine.
-        let control = 20000 + (port % 20000);
+        // A control port unlikely to collide with another tgtd on the machine
+        // (tgtd keeps it in a short: at most 32767).
+        let control = 1000 + (port % 30000);
         let mut cmd = Command::new("tgtd");
         cmd.args([
             "-f",

@@ -10,6 +10,8 @@ use super::server::{nexus_for, Lun, SessionShared, Shared, Target};
 use super::task::{self, AbortResult, Out, SnState, TaskCtl};
 use super::text::{self, KvList};
 use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -168,6 +170,10 @@ struct Conn {
     draining: Option<Instant>,
     ping: Option<(u32, Instant)>,
     last_rx: Instant,
+    /// Commands just delivered; the connection's loop moves them into the
+    /// set it polls itself (no hop to another task or thread between
+    /// receiving a command and running it). A mutex only to keep Conn Sync.
+    new_tasks: parking_lot::Mutex<Vec<BoxFuture<'static, ()>>>,
 }
 
 /// Why the connection ends.
@@ -253,13 +259,16 @@ async fn full_feature(
         draining: None,
         ping: None,
         last_rx: Instant::now(),
+        new_tasks: parking_lot::Mutex::new(Vec::new()),
     };
+    let mut running: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
     let mut shutdown = shared.shutdown.clone();
     if *shutdown.borrow() {
         c.draining = Some(Instant::now());
     }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let end = loop {
+        running.extend(c.new_tasks.get_mut().drain(..));
         if let Some(e) = c.check_finish().await {
             break e;
         }
@@ -289,6 +298,7 @@ async fn full_feature(
                 Some(Err(e)) => break c.read_error(e).await,
                 None => break End::Closed,
             },
+            Some(()) = running.next(), if !running.is_empty() => {}
             _ = cs.idle.notified() => {}
             _ = tick.tick() => {
                 if let Some(e) = c.keepalive().await {
@@ -315,21 +325,27 @@ async fn full_feature(
         t.abort();
     }
     c.xfers.clear();
+    running.extend(c.new_tasks.get_mut().drain(..));
     drop(c);
     // An initiator that stopped reading must not keep this connection (and
     // the tasks waiting to queue responses) alive: bounded waits, then the
-    // writer is dropped, which fails every pending send.
+    // writer is dropped, which fails every pending send. Meanwhile the
+    // commands still executing run to their end.
     let grace = Duration::from_secs(10);
     let mut writer = writer;
-    let flushed = async {
-        let _ = cs.out.send(Out::Close).await;
-        let _ = (&mut writer).await;
+    let close = async {
+        let flushed = async {
+            let _ = cs.out.send(Out::Close).await;
+            let _ = (&mut writer).await;
+        };
+        if tokio::time::timeout(grace, flushed).await.is_err() {
+            tracing::info!("initiator not reading; dropping unsent PDUs");
+            writer.abort();
+            let _ = (&mut writer).await;
+        }
     };
-    if tokio::time::timeout(grace, flushed).await.is_err() {
-        tracing::info!("initiator not reading; dropping unsent PDUs");
-        writer.abort();
-        let _ = writer.await;
-    }
+    let drain = async { while running.next().await.is_some() {} };
+    futures::join!(close, drain);
     for t in &tasks {
         t.wait_done().await;
     }
@@ -723,7 +739,9 @@ impl Conn {
             early,
         };
         let span = tracing::debug_span!("scsi", itt, lun = lun.unwrap_or(u64::MAX));
-        tokio::spawn(run.run().instrument(span));
+        self.new_tasks
+            .lock()
+            .push(Box::pin(run.run().instrument(span)));
         Ok(())
     }
 
