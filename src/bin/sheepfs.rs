@@ -23,7 +23,12 @@ struct Args {
     mountpoint: PathBuf,
 
     /// Host of the sheep to talk to.
-    #[arg(short = 'a', long = "address", value_name = "HOST", default_value = "127.0.0.1")]
+    #[arg(
+        short = 'a',
+        long = "address",
+        value_name = "HOST",
+        default_value = "127.0.0.1"
+    )]
     address: String,
 
     /// TCP port of the sheep.
@@ -147,8 +152,7 @@ fn check_mountpoint(p: &std::path::Path) -> Result<PathBuf> {
 fn init_logging(args: &Args, daemon: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if args.debug { "debug" } else { "info" };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     if daemon {
         daemon::open_syslog();
         let _ = tracing_subscriber::fmt()

@@ -313,7 +313,11 @@ impl FsCore {
                     Ok(self.attr(ino, Kind::File, t.len() as u64, 0o444, Duration::ZERO))
                 }
                 Static::Control(c) => {
-                    let perm = if c == Control::VdiUnmount { 0o200 } else { 0o644 };
+                    let perm = if c == Control::VdiUnmount {
+                        0o200
+                    } else {
+                        0o644
+                    };
                     let len = self.control_text(c).len() as u64;
                     Ok(self.attr(ino, Kind::File, len, perm, Duration::ZERO))
                 }
@@ -498,10 +502,10 @@ impl FsCore {
     }
 
     /// Returns the number of bytes consumed.
-    pub async fn write(&self, ino: u64, fh: u64, off: u64, data: &[u8]) -> FsResult<u32> {
+    pub async fn write(&self, ino: u64, fh: u64, off: u64, data: Vec<u8>) -> FsResult<u32> {
         if let Some(e) = tree::entry(ino) {
             return match e.kind {
-                Static::Control(c) => self.control_write(c, data).await,
+                Static::Control(c) => self.control_write(c, &data).await,
                 _ => Err(FsError::new(
                     libc::EACCES,
                     format!("{} is read-only", self.path_of(ino)),
@@ -537,8 +541,12 @@ impl FsCore {
         }
         // A write crossing the end stores what fits and says so (short
         // count), as a block device does; the next write gets ENOSPC.
-        let n = data.len().min(usize::try_from(size - off).unwrap_or(usize::MAX));
-        a.vol.write_at(off, &data[..n]).await.map_err(|e| {
+        let n = data
+            .len()
+            .min(usize::try_from(size - off).unwrap_or(usize::MAX));
+        let mut data = bytes::Bytes::from(data);
+        data.truncate(n);
+        a.vol.write_bytes(off, data).await.map_err(|e| {
             FsError::client(
                 format_args!("write of {n} bytes at {off} to volume {}", a.file),
                 e,
@@ -634,7 +642,10 @@ impl FsCore {
         if mode & !KNOWN != 0 || punch == zero {
             return Err(FsError::quiet(
                 libc::EOPNOTSUPP,
-                format!("fallocate mode {mode:#x} is not supported on volume {}", a.file),
+                format!(
+                    "fallocate mode {mode:#x} is not supported on volume {}",
+                    a.file
+                ),
             ));
         }
         if punch && mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
@@ -690,8 +701,8 @@ impl FsCore {
             .filter(|_| tree::is_volume_ino(ino))
             .ok_or_else(|| FsError::quiet(libc::EINVAL, "SEEK_DATA/SEEK_HOLE only on volumes"))?;
         let size = a.vol.size();
-        let off = u64::try_from(off)
-            .map_err(|_| FsError::quiet(libc::EINVAL, "negative offset"))?;
+        let off =
+            u64::try_from(off).map_err(|_| FsError::quiet(libc::EINVAL, "negative offset"))?;
         if off >= size {
             return Err(FsError::quiet(libc::ENXIO, "offset at or past the end"));
         }
@@ -893,9 +904,10 @@ impl FsCore {
             if was && !on {
                 // Whatever sheep holds in its cache for us must reach disk
                 // now that fsync will no longer ask for it.
-                self.client.flush_vdi(a.vol.vid()).await.map_err(|e| {
-                    FsError::client(format_args!("flush of volume {}", a.file), e)
-                })?;
+                self.client
+                    .flush_vdi(a.vol.vid())
+                    .await
+                    .map_err(|e| FsError::client(format_args!("flush of volume {}", a.file), e))?;
             }
         }
         info!(object_cache = on, "object cache setting changed");
@@ -908,9 +920,7 @@ impl FsCore {
         o.connections = 1;
         let probe = Client::connect(addr.clone(), o).await.map_err(|e| {
             let errno = match &e {
-                client::Error::Connect { source, .. } => {
-                    source.raw_os_error().unwrap_or(libc::EIO)
-                }
+                client::Error::Connect { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
                 other => other.errno(),
             };
             FsError::new(errno, format!("config/sheep_info: {e}"))

@@ -7,11 +7,10 @@ use super::error::FsError;
 use super::text::FuseParams;
 use super::tree::{Attr, Kind};
 use fuser::{
-    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
-    WriteFlags,
+    AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::future::Future;
@@ -194,7 +193,6 @@ impl FuseAdapter {
             .instrument(span),
         );
     }
-
 }
 
 /// Mounts `core` at `mountpoint` (mount + FUSE INIT done when this returns).
@@ -263,9 +261,8 @@ impl Filesystem for FuseAdapter {
         let _ = kc.set_max_background(64);
         let _ = kc.set_congestion_threshold(48);
         let caps = kc.capabilities();
-        let mut enabled = InitFlags::FUSE_ASYNC_READ
-            | InitFlags::FUSE_BIG_WRITES
-            | InitFlags::FUSE_MAX_PAGES;
+        let mut enabled =
+            InitFlags::FUSE_ASYNC_READ | InitFlags::FUSE_BIG_WRITES | InitFlags::FUSE_MAX_PAGES;
         let mut unsupported = InitFlags::empty();
         for f in wanted_caps() {
             match kc.add_capabilities(f) {
@@ -331,7 +328,12 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let core = self.core.clone();
-        let span = info_span!("getattr", req = req.unique().0, ino = ino.0, fh = fh.map(|f| f.0));
+        let span = info_span!(
+            "getattr",
+            req = req.unique().0,
+            ino = ino.0,
+            fh = fh.map(|f| f.0)
+        );
         self.spawn(span, async move {
             match core.getattr(ino.0).await {
                 Ok(a) => reply.attr(&a.ttl, &file_attr(&a)),
@@ -359,7 +361,13 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let core = self.core.clone();
-        let span = info_span!("setattr", req = req.unique().0, ino = ino.0, fh = fh.map(|f| f.0), size);
+        let span = info_span!(
+            "setattr",
+            req = req.unique().0,
+            ino = ino.0,
+            fh = fh.map(|f| f.0),
+            size
+        );
         self.spawn(span, async move {
             match core.setattr(ino.0, size).await {
                 Ok(a) => reply.attr(&a.ttl, &file_attr(&a)),
@@ -391,7 +399,14 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let core = self.core.clone();
-        let span = info_span!("read", req = req.unique().0, ino = ino.0, fh = fh.0, offset, size);
+        let span = info_span!(
+            "read",
+            req = req.unique().0,
+            ino = ino.0,
+            fh = fh.0,
+            offset,
+            size
+        );
         self.spawn(span, async move {
             match core.read(ino.0, fh.0, offset, size).await {
                 Ok(d) => reply.data(&d),
@@ -424,7 +439,7 @@ impl Filesystem for FuseAdapter {
             size = data.len()
         );
         self.spawn(span, async move {
-            match core.write(ino.0, fh.0, offset, &data).await {
+            match core.write(ino.0, fh.0, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
             }
@@ -458,7 +473,14 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn fsync(&self, req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let core = self.core.clone();
         let span = info_span!("fsync", req = req.unique().0, ino = ino.0, fh = fh.0);
         self.spawn(span, async move {
@@ -477,7 +499,14 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _s = info_span!("readdir", req = req.unique().0, ino = ino.0, fh = fh.0, offset).entered();
+        let _s = info_span!(
+            "readdir",
+            req = req.unique().0,
+            ino = ino.0,
+            fh = fh.0,
+            offset
+        )
+        .entered();
         match self.core.readdir(ino.0) {
             Ok(entries) => {
                 for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(offset as usize)
@@ -502,9 +531,16 @@ impl Filesystem for FuseAdapter {
         self.spawn(span, async move {
             const BS: u64 = 4096;
             match core.statfs().await {
-                Ok((total, free)) => {
-                    reply.statfs(total / BS, free / BS, free / BS, 0, 0, BS as u32, 255, BS as u32)
-                }
+                Ok((total, free)) => reply.statfs(
+                    total / BS,
+                    free / BS,
+                    free / BS,
+                    0,
+                    0,
+                    BS as u32,
+                    255,
+                    BS as u32,
+                ),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -515,7 +551,14 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
         reply.error(Errno::NO_XATTR);
     }
 
@@ -600,7 +643,15 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let core = self.core.clone();
-        let span = info_span!("fallocate", req = req.unique().0, ino = ino.0, fh = fh.0, offset, length, mode);
+        let span = info_span!(
+            "fallocate",
+            req = req.unique().0,
+            ino = ino.0,
+            fh = fh.0,
+            offset,
+            length,
+            mode
+        );
         self.spawn(span, async move {
             match core.fallocate(ino.0, offset, length, mode).await {
                 Ok(()) => reply.ok(),
@@ -619,7 +670,14 @@ impl Filesystem for FuseAdapter {
         reply: ReplyLseek,
     ) {
         let core = self.core.clone();
-        let span = info_span!("lseek", req = req.unique().0, ino = ino.0, fh = fh.0, offset, whence);
+        let span = info_span!(
+            "lseek",
+            req = req.unique().0,
+            ino = ino.0,
+            fh = fh.0,
+            offset,
+            whence
+        );
         self.spawn(span, async move {
             match core.lseek(ino.0, offset, whence).await {
                 Ok(o) => reply.offset(o),

@@ -74,7 +74,12 @@ pub static ENTRIES: &[Entry] = &[
     e(DIR_VOLUME, ROOT, "volume", D),
     e(DIR_STATS, ROOT, "stats", D),
     e(10, DIR_CLUSTER, "info", S(StateFile::ClusterInfo, false)),
-    e(11, DIR_CLUSTER, "info.json", S(StateFile::ClusterInfo, true)),
+    e(
+        11,
+        DIR_CLUSTER,
+        "info.json",
+        S(StateFile::ClusterInfo, true),
+    ),
     e(12, DIR_VDI, "list", S(StateFile::VdiList, false)),
     e(13, DIR_VDI, "list.json", S(StateFile::VdiList, true)),
     e(14, DIR_VDI, "mount", C(Control::VdiMount)),
