@@ -438,7 +438,8 @@ fn vdi_lock_busy_and_released() {
     m2.attach("vol");
 }
 
-/// --read-only attaches without the lock and refuses writes.
+/// --read-only attaches without the lock, refuses writes, and sees what
+/// another writer allocated.
 #[test]
 fn read_only_mount() {
     let s = SheepLite::start();
@@ -459,6 +460,8 @@ fn read_only_mount() {
         .unwrap()
         .write_all_at(&pattern(512, 7), 0)
         .unwrap();
+    // The read-only attachment notices the new object within a second.
+    std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(
         pread_exact(&File::open(ro.p("volume/vol")).unwrap(), 0, 512),
         pattern(512, 7)

@@ -12,7 +12,7 @@ use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
 
 /// Default budget of the `-k` object cache.
@@ -79,7 +79,14 @@ pub struct Attached {
     open: AtomicUsize,
     fsyncs: AtomicU64,
     discards: AtomicU64,
+    /// Read-only attachments of a working VDI take no lock, so others may
+    /// write it: when was the inode map last read.
+    refreshed: Option<parking_lot::Mutex<Instant>>,
 }
+
+/// How stale the map of a read-only working attachment may get before a
+/// read of an unallocated range re-reads it.
+const RO_REFRESH: Duration = Duration::from_secs(1);
 
 impl Attached {
     pub fn open_files(&self) -> usize {
@@ -491,6 +498,7 @@ impl FsCore {
             Handle::Text(t) => Ok(slice_at(t, off, size)),
             Handle::Volume(a) => {
                 debug_assert_eq!(a.ino, ino);
+                self.refresh_if_stale(a, off, size).await?;
                 a.vol.read_at(off, size as usize).await.map_err(|e| {
                     FsError::client(
                         format_args!("read of {size} bytes at {off} from volume {}", a.file),
@@ -499,6 +507,24 @@ impl FsCore {
                 })
             }
         }
+    }
+
+    /// A read-only attachment of a working VDI holds no lock, so another
+    /// client may allocate objects that our map still shows as holes: a read
+    /// touching a hole re-reads the map if it is older than [`RO_REFRESH`].
+    async fn refresh_if_stale(&self, a: &Attached, off: u64, size: u32) -> FsResult<()> {
+        let Some(r) = &a.refreshed else {
+            return Ok(());
+        };
+        let end = off.saturating_add(size as u64).min(a.vol.size());
+        if off >= end || a.vol.seek_hole(off) >= end || r.lock().elapsed() < RO_REFRESH {
+            return Ok(());
+        }
+        a.vol.reload().await.map_err(|e| {
+            FsError::client(format_args!("re-reading the inode of volume {}", a.file), e)
+        })?;
+        *r.lock() = Instant::now();
+        Ok(())
     }
 
     /// Returns the number of bytes consumed.
@@ -815,6 +841,8 @@ impl FsCore {
                 open: AtomicUsize::new(0),
                 fsyncs: AtomicU64::new(0),
                 discards: AtomicU64::new(0),
+                refreshed: (read_only && !spec.is_snapshot())
+                    .then(|| parking_lot::Mutex::new(Instant::now())),
             });
             v.by_name.insert(file.clone(), a.clone());
             v.by_ino.insert(ino, a.clone());
