@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tracing::{info_span, Instrument, Span};
+use tracing::{debug_span, Instrument, Span};
 
 /// Largest read/write the kernel sends us (its default `max_pages` limit
 /// of 256 pages).
@@ -314,7 +314,7 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let core = self.core.clone();
         let name = name.to_str().map(str::to_string);
-        let span = info_span!("lookup", req = req.unique().0, ino = parent.0, name = ?name);
+        let span = debug_span!("lookup", req = req.unique().0, ino = parent.0, name = ?name);
         self.spawn(span, async move {
             let Some(name) = name else {
                 return reply.error(Errno::ENOENT);
@@ -328,7 +328,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let core = self.core.clone();
-        let span = info_span!(
+        let span = debug_span!(
             "getattr",
             req = req.unique().0,
             ino = ino.0,
@@ -361,7 +361,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let core = self.core.clone();
-        let span = info_span!(
+        let span = debug_span!(
             "setattr",
             req = req.unique().0,
             ino = ino.0,
@@ -378,7 +378,7 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let core = self.core.clone();
-        let span = info_span!("open", req = req.unique().0, ino = ino.0, flags = flags.0);
+        let span = debug_span!("open", req = req.unique().0, ino = ino.0, flags = flags.0);
         self.spawn(span, async move {
             match core.open(ino.0, flags.0).await {
                 Ok(o) => reply.opened(FileHandle(o.fh), fopen_flags(&o)),
@@ -399,7 +399,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         let core = self.core.clone();
-        let span = info_span!(
+        let span = debug_span!(
             "read",
             req = req.unique().0,
             ino = ino.0,
@@ -430,7 +430,7 @@ impl Filesystem for FuseAdapter {
         let core = self.core.clone();
         // The request buffer is reused by this thread at once: copy.
         let data = data.to_vec();
-        let span = info_span!(
+        let span = debug_span!(
             "write",
             req = req.unique().0,
             ino = ino.0,
@@ -482,7 +482,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let core = self.core.clone();
-        let span = info_span!("fsync", req = req.unique().0, ino = ino.0, fh = fh.0);
+        let span = debug_span!("fsync", req = req.unique().0, ino = ino.0, fh = fh.0);
         self.spawn(span, async move {
             match core.fsync(ino.0).await {
                 Ok(()) => reply.ok(),
@@ -499,7 +499,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _s = info_span!(
+        let _s = debug_span!(
             "readdir",
             req = req.unique().0,
             ino = ino.0,
@@ -527,7 +527,7 @@ impl Filesystem for FuseAdapter {
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let core = self.core.clone();
-        let span = info_span!("statfs", req = req.unique().0);
+        let span = debug_span!("statfs", req = req.unique().0);
         self.spawn(span, async move {
             const BS: u64 = 4096;
             match core.statfs().await {
@@ -643,7 +643,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let core = self.core.clone();
-        let span = info_span!(
+        let span = debug_span!(
             "fallocate",
             req = req.unique().0,
             ino = ino.0,
@@ -670,7 +670,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyLseek,
     ) {
         let core = self.core.clone();
-        let span = info_span!(
+        let span = debug_span!(
             "lseek",
             req = req.unique().0,
             ino = ino.0,
