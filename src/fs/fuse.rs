@@ -14,6 +14,7 @@ use fuser::{
 };
 use std::ffi::OsStr;
 use std::future::Future;
+use std::task::{Context, Waker};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -180,18 +181,28 @@ impl FuseAdapter {
         self.inflight.clone()
     }
 
+    /// Runs a request: polled once right here on the FUSE thread, so that
+    /// requests needing no I/O (holes, state and control files) complete
+    /// without a thread hop and network I/O is on its way before a runtime
+    /// worker wakes up; if it has to wait, the runtime finishes it.
     fn spawn<F>(&self, span: Span, f: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let g = self.inflight.enter();
-        self.rt.spawn(
+        let mut fut = Box::pin(
             async move {
                 let _g = g;
                 f.await
             }
             .instrument(span),
         );
+        let _rt = self.rt.enter();
+        let mut cx = Context::from_waker(Waker::noop());
+        // A pending future re-registers its waker when the task polls it.
+        if fut.as_mut().poll(&mut cx).is_pending() {
+            self.rt.spawn(fut);
+        }
     }
 }
 
