@@ -211,7 +211,6 @@ fn run(args: &Args, mnt: PathBuf, ready: &mut daemon::Ready) -> Result<()> {
     let mcfg = MountConfig {
         threads: args.fuse_threads as usize,
         allow_other: args.allow_other,
-        debug: args.debug,
     };
     let (mut session, _inflight) = fs::mount(core, rt.handle().clone(), &mnt, mcfg)
         .with_context(|| format!("cannot mount at {}", mnt.display()))?;

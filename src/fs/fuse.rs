@@ -31,8 +31,6 @@ pub struct MountConfig {
     /// Threads reading `/dev/fuse`.
     pub threads: usize,
     pub allow_other: bool,
-    /// `-d`: debug logging of every request.
-    pub debug: bool,
 }
 
 impl Default for MountConfig {
@@ -40,7 +38,6 @@ impl Default for MountConfig {
         MountConfig {
             threads: 4,
             allow_other: false,
-            debug: false,
         }
     }
 }
