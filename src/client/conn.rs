@@ -7,7 +7,7 @@ use crate::proto::{ReqHeader, RspHeader, SD_RSP_SIZE};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -51,7 +51,6 @@ pub(crate) struct Conn {
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<(Bytes, Bytes)>,
     next_id: AtomicU32,
-    inflight: AtomicUsize,
 }
 
 impl Conn {
@@ -99,16 +98,11 @@ impl Conn {
             shared,
             tx,
             next_id: AtomicU32::new(0),
-            inflight: AtomicUsize::new(0),
         }
     }
 
     pub fn is_dead(&self) -> bool {
         self.shared.dead.load(Ordering::Acquire)
-    }
-
-    pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
     }
 
     pub fn kill(&self, why: &str) {
@@ -146,8 +140,6 @@ impl Conn {
         {
             self.shared.kill("writer stopped");
         }
-        self.inflight.fetch_add(1, Ordering::Relaxed);
-        let _guard = DecOnDrop(&self.inflight);
         match rx.await {
             Ok(r) => r,
             Err(_) => Err(io_err(&self.shared.addr, "connection closed")),
@@ -159,13 +151,6 @@ impl Drop for Conn {
     fn drop(&mut self) {
         // Ends the writer (channel closes); the reader ends when the socket does.
         self.shared.kill("connection dropped");
-    }
-}
-
-struct DecOnDrop<'a>(&'a AtomicUsize);
-impl Drop for DecOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

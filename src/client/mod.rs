@@ -17,6 +17,6 @@ pub mod volume;
 pub use addr::SheepAddr;
 pub use cache::ObjectCache;
 pub use error::{Error, Result};
-pub use ops::{CreateOptions, Inode, DataMap, VdiEntry, VdiId};
+pub use ops::{CreateOptions, DataMap, Inode, VdiEntry, VdiId};
 pub use pool::{Client, Options, Request, Response};
 pub use volume::{LockMode, OpenOptions, SnapSel, Volume, VolumeStats};

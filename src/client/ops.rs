@@ -10,10 +10,12 @@ use crate::proto::bitmap::VidBitmap;
 use crate::proto::bytes::padded;
 use crate::proto::header::{ClusterArgs, ClusterDefaultRsp, NodeRsp, ObjArgs, VdiArgs, VdiRsp};
 use crate::proto::inode::{self, Btree, InodeHeader};
-use crate::proto::node::{ClusterInfo, EpochLog, SdNode, VdiState, CLUSTER_INFO_SIZE, SD_NODE_SIZE};
+use crate::proto::node::{
+    ClusterInfo, EpochLog, SdNode, VdiState, CLUSTER_INFO_SIZE, SD_NODE_SIZE,
+};
 use crate::proto::{
-    flags, oid, op, validate_name, ReqHeader, SdRes, SD_MAX_NODES, SD_MAX_VDI_LEN,
-    SD_PROTO_VER, SD_SHEEP_PROTO_VER, VDI_BITMAP_SIZE,
+    flags, oid, op, validate_name, ReqHeader, SdRes, SD_MAX_NODES, SD_MAX_VDI_LEN, SD_PROTO_VER,
+    SD_SHEEP_PROTO_VER, VDI_BITMAP_SIZE,
 };
 use bytes::Bytes;
 
@@ -50,7 +52,11 @@ impl DataMap {
                 .filter(|(_, &vid)| vid != 0)
                 .map(|(i, &vid)| (i as u64, vid))
                 .collect(),
-            DataMap::Btree(t) => t.entries().into_iter().map(|(i, v)| (i as u64, v)).collect(),
+            DataMap::Btree(t) => t
+                .entries()
+                .into_iter()
+                .map(|(i, v)| (i as u64, v))
+                .collect(),
         }
     }
 }
@@ -240,14 +246,16 @@ impl Client {
         h.data_length = (SD_MAX_NODES * SD_NODE_SIZE) as u32;
         let rsp = self.call(Request::new(h)).await?;
         let nr = NodeRsp::decode(&rsp.hdr.args).nr_nodes as usize;
-        let size = if nr > 0 { rsp.data.len() / nr } else { SD_NODE_SIZE };
+        let size = rsp.data.len().checked_div(nr).unwrap_or(SD_NODE_SIZE);
         if nr > 0 && size < SD_NODE_SIZE {
             return Err(Error::Protocol {
                 addr: self.addr().to_string(),
                 what: format!("node list of {nr} nodes in {} bytes", rsp.data.len()),
             });
         }
-        Ok((0..nr).map(|i| SdNode::decode(&rsp.data[i * size..])).collect())
+        Ok((0..nr)
+            .map(|i| SdNode::decode(&rsp.data[i * size..]))
+            .collect())
     }
 
     /// STAT_CLUSTER with `nodes_nr` slots per record and room for `records`.
@@ -301,7 +309,9 @@ impl Client {
     }
 
     pub async fn cluster_default(&self) -> Result<ClusterDefaultRsp> {
-        let rsp = self.call(Request::new(dog_hdr(op::GET_CLUSTER_DEFAULT))).await?;
+        let rsp = self
+            .call(Request::new(dog_hdr(op::GET_CLUSTER_DEFAULT)))
+            .await?;
         Ok(ClusterDefaultRsp::decode(&rsp.hdr.args))
     }
 
@@ -336,7 +346,11 @@ impl Client {
         let mut h = dog_hdr(op::GET_STORE_LIST);
         h.data_length = 512;
         let rsp = self.call(Request::new(h)).await?;
-        let end = rsp.data.iter().position(|&b| b == 0).unwrap_or(rsp.data.len());
+        let end = rsp
+            .data
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(rsp.data.len());
         Ok(String::from_utf8_lossy(&rsp.data[..end])
             .split_whitespace()
             .map(str::to_string)
@@ -497,7 +511,12 @@ impl Client {
             let h = self.decode_header(vid, &b)?;
             let len = self.map_read_len(&h, &b[inode::DATA_VDI_ID_OFFSET..])?;
             let a = self
-                .read_obj(ioid, inode::DATA_VDI_ID_OFFSET as u32, len, flags::CMD_DIRECT)
+                .read_obj(
+                    ioid,
+                    inode::DATA_VDI_ID_OFFSET as u32,
+                    len,
+                    flags::CMD_DIRECT,
+                )
                 .await?;
             (h, a)
         };
@@ -529,7 +548,9 @@ impl Client {
 
     async fn parse_map(&self, h: &InodeHeader, area: &[u8]) -> Result<DataMap> {
         if !h.is_hyper() {
-            let n = (h.nr_objs() as usize).min(inode::SD_INODE_DATA_INDEX).min(area.len() / 4);
+            let n = (h.nr_objs() as usize)
+                .min(inode::SD_INODE_DATA_INDEX)
+                .min(area.len() / 4);
             let v = (0..n)
                 .map(|i| crate::proto::bytes::get_u32(area, 4 * i))
                 .collect();
@@ -591,7 +612,12 @@ impl Client {
             if with_map {
                 let len = self.map_read_len(&header, &b[inode::DATA_VDI_ID_OFFSET..])?;
                 let area = self
-                    .read_obj(ioid, inode::DATA_VDI_ID_OFFSET as u32, len, flags::CMD_DIRECT)
+                    .read_obj(
+                        ioid,
+                        inode::DATA_VDI_ID_OFFSET as u32,
+                        len,
+                        flags::CMD_DIRECT,
+                    )
                     .await?;
                 let map = self.parse_map(&header, &area).await?;
                 for (_, v) in map.allocated() {
@@ -732,10 +758,9 @@ impl Client {
                         counter += 1;
                         oid::vid_to_btree_oid(vid, counter - 1)
                     };
-                    let up = t.set(idx32, vid, &mut next).map_err(|e| Error::Btree {
-                        vid,
-                        source: e,
-                    })?;
+                    let up = t
+                        .set(idx32, vid, &mut next)
+                        .map_err(|e| Error::Btree { vid, source: e })?;
                     let mut hh = h.clone();
                     hh.btree_counter = counter;
                     self.write_btree_update(&hh, t, &up, fl).await?;
@@ -968,7 +993,9 @@ impl Client {
             ..Default::default()
         };
         let h = dog_hdr(op::GET_VDI_ATTR);
-        let rsp = self.call(Request::new(h).with_payload(attr.encode())).await?;
+        let rsp = self
+            .call(Request::new(h).with_payload(attr.encode()))
+            .await?;
         let r = VdiRsp::decode(&rsp.hdr.args);
         let b = self
             .read_obj(
@@ -984,8 +1011,7 @@ impl Client {
 
 /// dog's size rules: a flat inode maps at most 2^20 objects; nothing past 16 PiB.
 pub fn check_size(size: u64, shift: u8, hyper: bool) -> Result<()> {
-    if !(crate::proto::MIN_BLOCK_SIZE_SHIFT..=crate::proto::MAX_BLOCK_SIZE_SHIFT).contains(&shift)
-    {
+    if !(crate::proto::MIN_BLOCK_SIZE_SHIFT..=crate::proto::MAX_BLOCK_SIZE_SHIFT).contains(&shift) {
         return Err(Error::Invalid(format!(
             "block_size_shift {shift} is out of range (20..31)"
         )));

@@ -1,8 +1,28 @@
 //! [`Volume`]: byte-addressed reads and writes on one VDI.
-//! (Implementation in progress; the public API below is stable.)
+//!
+//! What lives here, once, for every front end (sheepfs, sheep-iscsi, sheepctl):
+//! - splitting requests at object boundaries (object size from the inode);
+//! - thin provisioning: unallocated objects read as zeros without a request;
+//! - copy-on-write for clones and snapshots, with each object allocated once
+//!   even under concurrent writers (a per-object allocation lock);
+//! - write ordering: overlapping writes are serialised in arrival order (a
+//!   FIFO range lock), so they never tear;
+//! - snapshots taken underneath (READONLY / INODE_INVALIDATED): re-resolve the
+//!   working VDI and redo the write as COW;
+//! - the VDI lock, the optional object cache and per-volume statistics.
 
+use super::ops::{DataMap, Inode, VdiId};
 use super::{Client, Error, ObjectCache, Result};
+use crate::proto::inode::{self, InodeHeader};
+use crate::proto::{flags, oid, SdRes, LOCK_TYPE_NORMAL, LOCK_TYPE_SHARED};
+use bytes::Bytes;
+use futures::future::try_join_all;
+use parking_lot::{Mutex, RwLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Notify;
 
 /// Which member of a VDI family to open.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -31,6 +51,16 @@ impl SnapSel {
     }
 }
 
+impl std::fmt::Display for SnapSel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapSel::Working => Ok(()),
+            SnapSel::Tag(t) => write!(f, "@{t}"),
+            SnapSel::Id(i) => write!(f, "@{i}"),
+        }
+    }
+}
+
 /// Whether opening takes the VDI lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LockMode {
@@ -38,6 +68,15 @@ pub enum LockMode {
     None,
     Normal,
     Shared,
+}
+
+impl LockMode {
+    fn wire(self) -> u32 {
+        match self {
+            LockMode::Shared => LOCK_TYPE_SHARED,
+            _ => LOCK_TYPE_NORMAL,
+        }
+    }
 }
 
 /// How to open a [`Volume`].
@@ -54,7 +93,7 @@ pub struct OpenOptions {
 }
 
 /// Counters of one volume.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct VolumeStats {
     pub reads: u64,
     pub writes: u64,
@@ -70,91 +109,1002 @@ pub struct VolumeStats {
     pub write_lat_us: [u64; 4],
 }
 
+struct State {
+    header: InodeHeader,
+    map: DataMap,
+    /// Bumped whenever the inode is re-read, so concurrent writers that all
+    /// hit READONLY reload once.
+    generation: u64,
+}
+
 /// One open VDI. Cheap to share (`Arc<Volume>`); every method takes `&self`
 /// and may run concurrently with any other.
 pub struct Volume {
-    _client: Client,
+    client: Client,
+    name: String,
+    sel: SnapSel,
+    lock: LockMode,
+    read_only: bool,
+    state: RwLock<State>,
+    /// The vid whose lock we hold (changes when a snapshot is taken under us).
+    locked_vid: Mutex<Option<u32>>,
+    alloc: KeyedLocks,
+    ranges: RangeLock,
+    reload_lock: tokio::sync::Mutex<()>,
+    /// Serialises B-tree map updates of hyper volumes (they rewrite the root).
+    btree_lock: tokio::sync::Mutex<()>,
+    object_cache: AtomicBool,
+    /// vids written with CMD_CACHE since the last flush.
+    dirty_vids: Mutex<HashSet<u32>>,
+    cache: Option<Arc<ObjectCache>>,
+    closed: AtomicBool,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Volume({}{}, vid {:#x})",
+            self.name,
+            self.sel,
+            self.vid()
+        )
+    }
+}
+
+/// One piece of a request: object `idx`, byte range inside it.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    idx: u64,
+    off: u64,
+    len: usize,
+    /// Offset of this piece in the caller's buffer.
+    buf_off: usize,
+}
+
+fn pieces(off: u64, len: usize, shift: u8) -> Vec<Piece> {
+    let obj = 1u64 << shift;
+    let mut v = Vec::new();
+    let mut done = 0usize;
+    while done < len {
+        let pos = off + done as u64;
+        let in_obj = pos & (obj - 1);
+        let n = ((obj - in_obj) as usize).min(len - done);
+        v.push(Piece {
+            idx: pos >> shift,
+            off: in_obj,
+            len: n,
+            buf_off: done,
+        });
+        done += n;
+    }
+    v
+}
+
+fn idx32(vid: u32, idx: u64) -> Result<u32> {
+    u32::try_from(idx)
+        .map_err(|_| Error::Invalid(format!("object index {idx} of VDI {vid:x} out of range")))
 }
 
 impl Volume {
+    /// Resolves `name` (working VDI or snapshot), takes the lock if asked, and
+    /// reads the inode.
     pub async fn open(client: Client, name: &str, opts: OpenOptions) -> Result<Volume> {
-        let _ = (client, name, opts);
-        Err(Error::Invalid("not implemented".into()))
+        let id = match opts.lock {
+            LockMode::None => client.vdi_lookup(name, &opts.snapshot).await?,
+            mode => client.lock_vdi(name, &opts.snapshot, mode.wire()).await?,
+        };
+        let locked = (opts.lock != LockMode::None).then_some(id.vid);
+        match client.read_inode(id.vid, false).await {
+            Ok(inode) => Ok(Self::from_parts(client, name, id, inode, opts, locked)),
+            Err(e) => {
+                if let Some(vid) = locked {
+                    let _ = client.release_vdi(vid, opts.lock.wire()).await;
+                }
+                Err(e)
+            }
+        }
     }
+
+    /// A volume over an inode the caller already read (e.g. sheepctl reading
+    /// the whole inode as dog does). Takes no lock.
+    pub fn open_resolved(
+        client: Client,
+        name: &str,
+        id: VdiId,
+        inode: Inode,
+        opts: OpenOptions,
+    ) -> Volume {
+        let opts = OpenOptions {
+            lock: LockMode::None,
+            ..opts
+        };
+        Self::from_parts(client, name, id, inode, opts, None)
+    }
+
+    fn from_parts(
+        client: Client,
+        name: &str,
+        _id: VdiId,
+        inode: Inode,
+        opts: OpenOptions,
+        locked: Option<u32>,
+    ) -> Volume {
+        let read_only = opts.read_only || !opts.snapshot.is_working() || inode.header.is_snapshot();
+        let cache = opts.cache.filter(|c| c.admits(inode.header.object_size()));
+        Volume {
+            client,
+            name: name.to_string(),
+            sel: opts.snapshot,
+            lock: opts.lock,
+            read_only,
+            state: RwLock::new(State {
+                header: inode.header,
+                map: inode.map,
+                generation: 0,
+            }),
+            locked_vid: Mutex::new(locked),
+            alloc: KeyedLocks::default(),
+            ranges: RangeLock::default(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            btree_lock: tokio::sync::Mutex::new(()),
+            object_cache: AtomicBool::new(opts.object_cache),
+            dirty_vids: Mutex::new(HashSet::new()),
+            cache,
+            closed: AtomicBool::new(false),
+            stats: Stats::default(),
+        }
+    }
+
     pub fn name(&self) -> &str {
-        todo!()
+        &self.name
+    }
+    pub fn snapshot(&self) -> &SnapSel {
+        &self.sel
     }
     /// The vid I/O currently goes to (changes if a snapshot is taken underneath).
     pub fn vid(&self) -> u32 {
-        todo!()
+        self.state.read().header.vdi_id
     }
     pub fn size(&self) -> u64 {
-        todo!()
+        self.state.read().header.vdi_size
     }
     pub fn object_size(&self) -> u64 {
-        todo!()
+        self.state.read().header.object_size()
     }
     pub fn block_size_shift(&self) -> u8 {
-        todo!()
+        self.state.read().header.block_size_shift
+    }
+    pub fn nr_copies(&self) -> u8 {
+        self.state.read().header.nr_copies
+    }
+    pub fn header(&self) -> InodeHeader {
+        self.state.read().header.clone()
     }
     pub fn is_read_only(&self) -> bool {
-        todo!()
+        self.read_only
     }
     pub fn client(&self) -> &Client {
-        &self._client
+        &self.client
     }
+    pub fn set_object_cache(&self, on: bool) {
+        self.object_cache.store(on, Ordering::Relaxed);
+    }
+    pub fn object_cache(&self) -> bool {
+        self.object_cache.load(Ordering::Relaxed)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn io_flags(&self) -> u16 {
+        if self.object_cache() {
+            flags::CMD_CACHE
+        } else {
+            0
+        }
+    }
+
+    // ------------------------------------------------------------------ reads
+
     /// Reads `len` bytes at `off` (clipped at the end of the volume).
     pub async fn read_at(&self, off: u64, len: usize) -> Result<Vec<u8>> {
-        let _ = (off, len);
-        todo!()
+        let t = Instant::now();
+        let res = self.read_inner(off, len).await;
+        self.stats
+            .record_read(t, res.as_ref().map(|v| v.len()).ok());
+        res
     }
+
+    async fn read_inner(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+        self.check_open()?;
+        let (size, shift) = {
+            let s = self.state.read();
+            (s.header.vdi_size, s.header.block_size_shift)
+        };
+        if off >= size || len == 0 {
+            return Ok(Vec::new());
+        }
+        let len = (len as u64).min(size - off) as usize;
+        let ps = pieces(off, len, shift);
+        let parts = try_join_all(ps.iter().map(|p| self.read_piece(*p))).await?;
+        if parts.len() == 1 {
+            return Ok(parts.into_iter().next().unwrap_or_default());
+        }
+        let mut out = vec![0u8; len];
+        for (p, data) in ps.iter().zip(parts) {
+            out[p.buf_off..p.buf_off + p.len].copy_from_slice(&data);
+        }
+        Ok(out)
+    }
+
+    async fn read_piece(&self, p: Piece) -> Result<Vec<u8>> {
+        let mut retried = false;
+        loop {
+            let (vid, gen) = {
+                let s = self.state.read();
+                (s.map.get(p.idx), s.generation)
+            };
+            if vid == 0 {
+                return Ok(vec![0u8; p.len]);
+            }
+            let doid = oid::vid_to_data_oid(vid, idx32(vid, p.idx)?);
+            let res = match &self.cache {
+                Some(cache) => {
+                    let objsize = self.object_size() as u32;
+                    let fl = self.io_flags();
+                    cache
+                        .get_or_fill(doid, || self.client.read_obj(doid, 0, objsize, fl))
+                        .await
+                        .map(|obj| {
+                            let start = p.off as usize;
+                            obj.get(start..start + p.len).map(<[u8]>::to_vec)
+                        })
+                        .and_then(|o| {
+                            o.ok_or_else(|| {
+                                Error::Invalid("cached object shorter than object size".into())
+                            })
+                        })
+                }
+                None => {
+                    self.client
+                        .read_obj(doid, p.off as u32, p.len as u32, self.io_flags())
+                        .await
+                }
+            };
+            match res {
+                // The map said allocated but the object is gone (discarded
+                // or a snapshot/delete elsewhere): re-read the inode once.
+                Err(e) if !retried && (e.is(SdRes::NO_OBJ) || e.is(SdRes::INODE_INVALIDATED)) => {
+                    retried = true;
+                    self.reload_if(gen).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------- writes
+
     /// Writes `data` at `off`; fails with [`Error::OutOfRange`] past the end.
     pub async fn write_at(&self, off: u64, data: &[u8]) -> Result<()> {
-        let _ = (off, data);
-        todo!()
+        self.write_bytes(off, Bytes::copy_from_slice(data)).await
     }
-    /// Makes `[off, off+len)` read as zeros: whole objects are discarded
-    /// (DISCARD_OBJ), partial ones written with zeros.
+
+    /// [`Volume::write_at`] without copying the caller's buffer.
+    pub async fn write_bytes(&self, off: u64, data: Bytes) -> Result<()> {
+        let t = Instant::now();
+        let n = data.len();
+        let res = self.write_inner(off, data).await;
+        self.stats.record_write(t, res.as_ref().ok().map(|_| n));
+        res
+    }
+
+    fn check_writable(&self, off: u64, len: u64) -> Result<(u64, u8)> {
+        self.check_open()?;
+        if self.read_only {
+            return Err(Error::ReadOnly(format!("{}{}", self.name, self.sel)));
+        }
+        let s = self.state.read();
+        let size = s.header.vdi_size;
+        if off.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::OutOfRange {
+                name: self.name.clone(),
+                size,
+            });
+        }
+        Ok((size, s.header.block_size_shift))
+    }
+
+    async fn write_inner(&self, off: u64, data: Bytes) -> Result<()> {
+        let (_, shift) = self.check_writable(off, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let _range = self.ranges.lock(off, off + data.len() as u64).await;
+        let ps = pieces(off, data.len(), shift);
+        try_join_all(ps.iter().map(|p| {
+            let chunk = data.slice(p.buf_off..p.buf_off + p.len);
+            self.write_piece(p.idx, p.off, chunk)
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// Writes one piece inside object `idx`, allocating (and copying on
+    /// write) the object first if this VDI does not own it yet.
+    async fn write_piece(&self, idx: u64, off: u64, data: Bytes) -> Result<()> {
+        loop {
+            let (own, cur, gen, copies) = self.lookup(idx);
+            if cur == own {
+                let doid = oid::vid_to_data_oid(own, idx32(own, idx)?);
+                match self
+                    .send_write(doid, 0, off, data.clone(), false, copies)
+                    .await
+                {
+                    Ok(()) => {
+                        if let Some(c) = &self.cache {
+                            c.apply_write(doid, off as usize, &data);
+                        }
+                        return Ok(());
+                    }
+                    Err(e) if self.snapshot_taken(&e) => self.reload_if(gen).await?,
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            // Allocation: one writer per object; later ones find it owned.
+            let _a = self.alloc.lock(idx).await;
+            let (own, cur, gen, copies) = self.lookup(idx);
+            if cur == own {
+                continue;
+            }
+            let i = idx32(own, idx)?;
+            let doid = oid::vid_to_data_oid(own, i);
+            let cow = if cur != 0 {
+                oid::vid_to_data_oid(cur, i)
+            } else {
+                0
+            };
+            match self
+                .send_write(doid, cow, off, data.clone(), true, copies)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if self.snapshot_taken(&e) => {
+                    self.reload_if(gen).await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            if let Some(c) = &self.cache {
+                c.invalidate(doid);
+            }
+            self.set_map(idx, own, gen).await?;
+            return Ok(());
+        }
+    }
+
+    fn lookup(&self, idx: u64) -> (u32, u32, u64, u8) {
+        let s = self.state.read();
+        (
+            s.header.vdi_id,
+            s.map.get(idx),
+            s.generation,
+            s.header.nr_copies,
+        )
+    }
+
+    fn snapshot_taken(&self, e: &Error) -> bool {
+        e.is(SdRes::READONLY) || e.is(SdRes::INODE_INVALIDATED)
+    }
+
+    async fn send_write(
+        &self,
+        doid: u64,
+        cow: u64,
+        off: u64,
+        data: Bytes,
+        create: bool,
+        copies: u8,
+    ) -> Result<()> {
+        let fl = self.io_flags();
+        if fl & flags::CMD_CACHE != 0 {
+            self.dirty_vids.lock().insert(oid::oid_to_vid(doid));
+        }
+        self.client
+            .write_obj(doid, cow, off as u32, data, fl, create, copies)
+            .await
+    }
+
+    /// Records `data_vdi_id[idx] = vid` (our own vid, or 0 to unmap) in our
+    /// inode on the server, then in memory.
+    async fn set_map(&self, idx: u64, vid: u32, gen: u64) -> Result<()> {
+        let (own, hyper, copies) = {
+            let s = self.state.read();
+            (s.header.vdi_id, s.header.is_hyper(), s.header.nr_copies)
+        };
+        let i = idx32(own, idx)?;
+        if hyper {
+            let _b = self.btree_lock.lock().await;
+            let (mut header, mut tree) = {
+                let s = self.state.read();
+                match &s.map {
+                    DataMap::Btree(t) => (s.header.clone(), t.clone()),
+                    DataMap::Flat(_) => {
+                        return Err(Error::Invalid("flat map on a hyper volume".into()))
+                    }
+                }
+            };
+            let mut counter = header.btree_counter;
+            let mut next = || {
+                counter += 1;
+                oid::vid_to_btree_oid(own, counter - 1)
+            };
+            let up = tree.set(i, vid, &mut next).map_err(|e| Error::Btree {
+                vid: own,
+                source: e,
+            })?;
+            header.btree_counter = counter;
+            self.client
+                .write_btree_update(&header, &tree, &up, 0)
+                .await?;
+            let mut s = self.state.write();
+            if s.generation == gen {
+                s.header.btree_counter = header.btree_counter;
+                s.map = DataMap::Btree(tree);
+                return Ok(());
+            }
+        } else {
+            self.client
+                .write_obj(
+                    oid::vid_to_vdi_oid(own),
+                    0,
+                    inode::data_vdi_id_offset(i) as u32,
+                    Bytes::copy_from_slice(&vid.to_le_bytes()),
+                    0,
+                    false,
+                    copies,
+                )
+                .await?;
+            let mut s = self.state.write();
+            if s.generation == gen {
+                if let DataMap::Flat(v) = &mut s.map {
+                    if let Some(e) = v.get_mut(idx as usize) {
+                        *e = vid;
+                    }
+                }
+                return Ok(());
+            }
+        }
+        // The inode was reloaded while we allocated: take the server's view.
+        self.reload().await
+    }
+
+    // ---------------------------------------------------------------- discard
+
+    /// Makes `[off, off+len)` read as zeros: whole objects are unmapped
+    /// (DISCARD_OBJ for our own objects), partial ones written with zeros.
     pub async fn discard(&self, off: u64, len: u64) -> Result<()> {
-        let _ = (off, len);
-        todo!()
+        let (_, shift) = self.check_writable(off, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let _range = self.ranges.lock(off, off + len).await;
+        let obj = 1u64 << shift;
+        let mut pos = off;
+        let end = off + len;
+        let mut jobs = Vec::new();
+        while pos < end {
+            let idx = pos >> shift;
+            let in_obj = pos & (obj - 1);
+            let n = (obj - in_obj).min(end - pos);
+            jobs.push((idx, in_obj, n));
+            pos += n;
+        }
+        try_join_all(jobs.into_iter().map(|(idx, in_obj, n)| async move {
+            if n == obj {
+                self.unmap(idx).await
+            } else if self.lookup(idx).1 != 0 {
+                self.write_piece(idx, in_obj, Bytes::from(vec![0u8; n as usize]))
+                    .await
+            } else {
+                Ok(())
+            }
+        }))
+        .await?;
+        Ok(())
     }
+
     /// Same effect as discard (unallocated reads are zeros).
     pub async fn write_zeroes(&self, off: u64, len: u64) -> Result<()> {
         self.discard(off, len).await
     }
-    /// FLUSH_VDI when the object cache flag is on; a no-op otherwise.
-    pub async fn flush(&self) -> Result<()> {
-        todo!()
+
+    async fn unmap(&self, idx: u64) -> Result<()> {
+        let _a = self.alloc.lock(idx).await;
+        let (own, cur, gen, copies) = self.lookup(idx);
+        if cur == 0 {
+            return Ok(());
+        }
+        let i = idx32(own, idx)?;
+        let doid = oid::vid_to_data_oid(own, i);
+        let hyper = self.state.read().header.is_hyper();
+        if hyper {
+            self.set_map(idx, 0, gen).await?;
+            if cur == own {
+                match self.client.remove_obj(doid).await {
+                    Err(e) if !e.is(SdRes::NO_OBJ) => return Err(e),
+                    _ => {}
+                }
+            }
+        } else {
+            if cur == own {
+                // sheep clears data_vdi_id[idx] and removes the object.
+                self.client.discard_obj(doid).await?;
+            } else {
+                // Shared with an ancestor: only our map entry goes.
+                self.client
+                    .write_obj(
+                        oid::vid_to_vdi_oid(own),
+                        0,
+                        inode::data_vdi_id_offset(i) as u32,
+                        Bytes::copy_from_slice(&0u32.to_le_bytes()),
+                        0,
+                        false,
+                        copies,
+                    )
+                    .await?;
+            }
+            let mut s = self.state.write();
+            if s.generation == gen {
+                if let DataMap::Flat(v) = &mut s.map {
+                    if let Some(e) = v.get_mut(idx as usize) {
+                        *e = 0;
+                    }
+                }
+            }
+        }
+        if let Some(c) = &self.cache {
+            c.invalidate(doid);
+        }
+        Ok(())
     }
+
+    // ------------------------------------------------------------ flush, seek
+
+    /// FLUSH_VDI for every vid written with CMD_CACHE since the last flush
+    /// (and the current one when the object cache flag is on).
+    pub async fn flush(&self) -> Result<()> {
+        self.check_open()?;
+        let mut vids: Vec<u32> = self.dirty_vids.lock().drain().collect();
+        if self.object_cache() && !vids.contains(&self.vid()) {
+            vids.push(self.vid());
+        }
+        for (i, vid) in vids.iter().enumerate() {
+            if let Err(e) = self.client.flush_vdi(*vid).await {
+                self.dirty_vids.lock().extend(&vids[i..]);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// SEEK_DATA: first allocated byte at or after `off`, if any.
     pub fn seek_data(&self, off: u64) -> Option<u64> {
-        let _ = off;
-        todo!()
+        let s = self.state.read();
+        let size = s.header.vdi_size;
+        if off >= size {
+            return None;
+        }
+        let shift = s.header.block_size_shift;
+        let first = off >> shift;
+        let idx = match &s.map {
+            DataMap::Flat(v) => (first..v.len() as u64).find(|&i| v[i as usize] != 0),
+            DataMap::Btree(t) => t
+                .entries()
+                .into_iter()
+                .map(|(i, _)| i as u64)
+                .find(|&i| i >= first),
+        }?;
+        let pos = (idx << shift).max(off);
+        (pos < size).then_some(pos)
     }
-    /// SEEK_HOLE: first unallocated byte at or after `off` (size if none).
+
+    /// SEEK_HOLE: first unallocated byte at or after `off` (the size if none).
     pub fn seek_hole(&self, off: u64) -> u64 {
-        let _ = off;
-        todo!()
+        let s = self.state.read();
+        let size = s.header.vdi_size;
+        if off >= size {
+            return size;
+        }
+        let shift = s.header.block_size_shift;
+        let mut idx = off >> shift;
+        while (idx << shift) < size && s.map.get(idx) != 0 {
+            idx += 1;
+        }
+        (idx << shift).max(off).min(size)
     }
-    /// Grows the VDI.
+
+    // ------------------------------------------------------- resize, reload
+
+    /// Grows the VDI (rewrites the inode header as dog does).
     pub async fn resize(&self, new_size: u64) -> Result<()> {
-        let _ = new_size;
-        todo!()
+        self.check_open()?;
+        if self.read_only {
+            return Err(Error::ReadOnly(format!("{}{}", self.name, self.sel)));
+        }
+        let _r = self.reload_lock.lock().await;
+        let mut h = self.header();
+        if new_size < h.vdi_size {
+            return Err(Error::Invalid(format!(
+                "cannot shrink {} from {} to {} bytes",
+                self.name, h.vdi_size, new_size
+            )));
+        }
+        super::ops::check_size(new_size, h.block_size_shift, h.is_hyper())?;
+        // Keep whatever else is in the header on the server.
+        let mut fresh = self.client.read_inode_header(h.vdi_id).await?;
+        fresh.vdi_size = new_size;
+        self.client
+            .write_obj(
+                oid::vid_to_vdi_oid(h.vdi_id),
+                0,
+                0,
+                fresh.encode().into(),
+                flags::CMD_DIRECT,
+                false,
+                h.nr_copies,
+            )
+            .await?;
+        h.vdi_size = new_size;
+        let mut s = self.state.write();
+        let n = h.nr_objs() as usize;
+        if let DataMap::Flat(v) = &mut s.map {
+            if v.len() < n {
+                v.resize(n, 0);
+            }
+        }
+        s.header.vdi_size = new_size;
+        Ok(())
     }
-    /// Re-reads the inode (after a snapshot taken elsewhere).
+
+    /// Re-reads the inode: for the working VDI, re-resolves the name first (a
+    /// snapshot may have moved it to a new vid).
     pub async fn reload(&self) -> Result<()> {
-        todo!()
+        let gen = self.state.read().generation;
+        self.reload_if(gen).await
     }
-    pub fn set_object_cache(&self, on: bool) {
-        let _ = on;
-        todo!()
+
+    /// Reloads unless someone else already did since generation `gen`.
+    async fn reload_if(&self, gen: u64) -> Result<()> {
+        let _r = self.reload_lock.lock().await;
+        if self.state.read().generation != gen {
+            return Ok(());
+        }
+        let old = self.vid();
+        let id = self.client.vdi_lookup(&self.name, &self.sel).await?;
+        if id.vid != old && self.lock != LockMode::None {
+            // Follow the lock to the new working VDI.
+            self.client
+                .lock_vdi(&self.name, &self.sel, self.lock.wire())
+                .await?;
+            let prev = self.locked_vid.lock().replace(id.vid);
+            if let Some(prev) = prev {
+                let _ = self.client.release_vdi(prev, self.lock.wire()).await;
+            }
+        }
+        let inode = self.client.read_inode(id.vid, false).await?;
+        tracing::info!(vdi = %self.name, old = format_args!("{old:#x}"), new = format_args!("{:#x}", id.vid), "reloaded inode");
+        let mut s = self.state.write();
+        s.header = inode.header;
+        s.map = inode.map;
+        s.generation += 1;
+        self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
+
     pub fn stats(&self) -> VolumeStats {
-        todo!()
+        let mut st = self.stats.snapshot();
+        if let Some(c) = &self.cache {
+            st.cache_hits = c.hits();
+            st.cache_misses = c.misses();
+        }
+        st.reconnects = self.client.reconnects();
+        st
     }
-    /// Releases the lock (if taken). I/O after close fails.
+
+    /// Flushes cached writes, releases the lock (if taken). I/O after close fails.
     pub async fn close(&self) -> Result<()> {
-        todo!()
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Make CMD_CACHE writes durable before letting go.
+        let vids: Vec<u32> = self.dirty_vids.lock().drain().collect();
+        let mut first_err = None;
+        for vid in vids {
+            if let Err(e) = self.client.flush_vdi(vid).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        let locked = self.locked_vid.lock().take();
+        if let Some(vid) = locked {
+            if let Err(e) = self.client.release_vdi(vid, self.lock.wire()).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Per-object allocation locks.
+
+#[derive(Default)]
+struct KeyedLocks {
+    map: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct KeyedGuard<'a> {
+    owner: &'a KeyedLocks,
+    key: u64,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _g: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyedLocks {
+    async fn lock(&self, key: u64) -> KeyedGuard<'_> {
+        let m = self.map.lock().entry(key).or_default().clone();
+        let g = m.clone().lock_owned().await;
+        KeyedGuard {
+            owner: self,
+            key,
+            lock: m,
+            _g: Some(g),
+        }
+    }
+}
+
+impl Drop for KeyedGuard<'_> {
+    fn drop(&mut self) {
+        self._g.take();
+        let mut map = self.owner.map.lock();
+        // Only the map and this guard hold it: nobody waits, drop the entry.
+        if Arc::strong_count(&self.lock) == 2 {
+            map.remove(&self.key);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// FIFO byte-range lock: a range is granted once no earlier (granted or
+// waiting) range overlaps it, so overlapping writes run in arrival order and
+// disjoint ones run in parallel.
+
+/// (ticket, start, end) in ticket order.
+type RangeEntry = (u64, u64, u64);
+
+#[derive(Default)]
+struct RangeLock {
+    /// Last ticket handed out, and the held or waiting ranges.
+    entries: Mutex<(u64, Vec<RangeEntry>)>,
+    notify: Notify,
+}
+
+struct RangeGuard<'a> {
+    owner: &'a RangeLock,
+    ticket: u64,
+}
+
+impl RangeLock {
+    async fn lock(&self, start: u64, end: u64) -> RangeGuard<'_> {
+        let ticket = {
+            let mut g = self.entries.lock();
+            g.0 += 1;
+            let t = g.0;
+            g.1.push((t, start, end));
+            t
+        };
+        let guard = RangeGuard {
+            owner: self,
+            ticket,
+        };
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let blocked = self
+                .entries
+                .lock()
+                .1
+                .iter()
+                .take_while(|e| e.0 < ticket)
+                .any(|e| e.1 < end && start < e.2);
+            if !blocked {
+                return guard;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for RangeGuard<'_> {
+    fn drop(&mut self) {
+        self.owner.entries.lock().1.retain(|e| e.0 != self.ticket);
+        self.owner.notify.notify_waiters();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statistics.
+
+const BUCKETS: usize = 32;
+
+#[derive(Default)]
+struct Hist {
+    buckets: [AtomicU64; BUCKETS],
+    max: AtomicU64,
+}
+
+impl Hist {
+    fn record(&self, us: u64) {
+        let b = (64 - us.leading_zeros() as usize).min(BUCKETS - 1);
+        self.buckets[b].fetch_add(1, Ordering::Relaxed);
+        self.max.fetch_max(us, Ordering::Relaxed);
+    }
+    /// p50, p90, p99 (bucket upper bounds, µs) and the max.
+    fn percentiles(&self) -> [u64; 4] {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let max = self.max.load(Ordering::Relaxed);
+        let pct = |p: f64| {
+            if total == 0 {
+                return 0;
+            }
+            let want = ((total as f64) * p).ceil() as u64;
+            let mut acc = 0;
+            for (i, c) in counts.iter().enumerate() {
+                acc += c;
+                if acc >= want {
+                    return (1u64 << i).min(max.max(1));
+                }
+            }
+            max
+        };
+        [pct(0.5), pct(0.9), pct(0.99), max]
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    reads: AtomicU64,
+    writes: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    errors: AtomicU64,
+    reloads: AtomicU64,
+    read_lat: Hist,
+    write_lat: Hist,
+}
+
+impl Stats {
+    fn record_read(&self, t: Instant, n: Option<usize>) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        match n {
+            Some(n) => {
+                self.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+                self.read_lat.record(t.elapsed().as_micros() as u64);
+            }
+            None => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    fn record_write(&self, t: Instant, n: Option<usize>) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        match n {
+            Some(n) => {
+                self.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
+                self.write_lat.record(t.elapsed().as_micros() as u64);
+            }
+            None => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    fn snapshot(&self) -> VolumeStats {
+        VolumeStats {
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            bytes_written: self.bytes_written.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            reloads: self.reloads.load(Ordering::Relaxed),
+            read_lat_us: self.read_lat.percentiles(),
+            write_lat_us: self.write_lat.percentiles(),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_at_object_boundaries() {
+        let p = pieces(4190208, 8192, 22);
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            (p[0].idx, p[0].off, p[0].len, p[0].buf_off),
+            (0, 4190208, 4096, 0)
+        );
+        assert_eq!(
+            (p[1].idx, p[1].off, p[1].len, p[1].buf_off),
+            (1, 0, 4096, 4096)
+        );
+        let p = pieces(0, 3 << 20, 20);
+        assert_eq!(p.len(), 3);
+        assert!(p.iter().all(|x| x.len == 1 << 20 && x.off == 0));
+        assert_eq!(pieces((1u64 << 42) + 4096, 4096, 22)[0].idx, 1 << 20);
+    }
+
+    #[test]
+    fn snapsel_parse() {
+        assert_eq!(SnapSel::parse("12"), SnapSel::Id(12));
+        assert_eq!(SnapSel::parse("snap1"), SnapSel::Tag("snap1".into()));
+        assert_eq!(
+            SnapSel::parse("99999999999"),
+            SnapSel::Tag("99999999999".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn range_lock_orders_overlaps_and_frees_disjoint() {
+        let l = Arc::new(RangeLock::default());
+        let g1 = l.lock(0, 100).await;
+        // Disjoint: granted at once.
+        let g2 = tokio::time::timeout(std::time::Duration::from_millis(100), l.lock(100, 200))
+            .await
+            .expect("disjoint range must not wait");
+        let l2 = l.clone();
+        let waiter = tokio::spawn(async move {
+            let _g = l2.lock(50, 150).await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        assert!(!waiter.is_finished(), "overlapping range must wait");
+        drop(g1);
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        assert!(!waiter.is_finished(), "still overlaps g2");
+        drop(g2);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
+            .await
+            .expect("granted after release")
+            .unwrap();
+        assert!(l.entries.lock().1.is_empty());
+    }
+
+    #[test]
+    fn histogram_percentiles() {
+        let h = Hist::default();
+        for us in 1..=100 {
+            h.record(us);
+        }
+        let p = h.percentiles();
+        assert_eq!(p[3], 100);
+        assert!(p[0] >= 32 && p[0] <= 64, "{p:?}");
+        assert!(p[2] <= 100);
     }
 }

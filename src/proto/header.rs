@@ -404,7 +404,7 @@ impl ClusterDefaultRsp {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{flags, op, oid};
+    use super::super::{flags, oid, op};
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
@@ -506,8 +506,10 @@ mod tests {
             block_size_shift: 22,
         };
         assert_eq!(VdiRsp::decode(&r.encode()), r);
-        let mut rh = RspHeader::default();
-        rh.args = r.encode();
+        let rh = RspHeader {
+            args: r.encode(),
+            ..Default::default()
+        };
         let b = rh.encode();
         assert_eq!(&b[24..28], &0x7c2b26u32.to_le_bytes());
         assert_eq!(b[32], 3);

@@ -634,7 +634,8 @@ mod tests {
         let root = t.encode_root();
         let mut back = Btree::from_root(&root).unwrap();
         for (_, oid) in back.root_indirect.clone() {
-            back.add_leaf(oid, &t.encode_leaf_node(oid).unwrap()).unwrap();
+            back.add_leaf(oid, &t.encode_leaf_node(oid).unwrap())
+                .unwrap();
         }
         assert_eq!(back.entries(), t.entries());
     }

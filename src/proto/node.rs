@@ -293,7 +293,10 @@ impl VdiState {
             participants: (0..n)
                 .map(|i| {
                     let o = 188 + NODE_ID_SIZE * i;
-                    (get_u32(b, 64 + 4 * i), NodeId::decode(&b[o..o + NODE_ID_SIZE]))
+                    (
+                        get_u32(b, 64 + 4 * i),
+                        NodeId::decode(&b[o..o + NODE_ID_SIZE]),
+                    )
                 })
                 .collect(),
         })
