@@ -562,8 +562,9 @@ impl Client {
         };
         let mut t = Btree::from_root(area).map_err(bt)?;
         for (_, leaf) in t.root_indirect.clone() {
+            // dog reads B-tree leaves with DIRECT (dog_bnode_reader).
             let node = self
-                .read_obj(leaf, 0, inode::BTREE_NODE_SIZE as u32, 0)
+                .read_obj(leaf, 0, inode::BTREE_NODE_SIZE as u32, flags::CMD_DIRECT)
                 .await?;
             t.add_leaf(leaf, &node).map_err(bt)?;
         }

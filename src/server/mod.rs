@@ -1,1 +1,251 @@
-//! server
+//! `sheep-lite`: a single-node Sheepdog server.
+//!
+//! It speaks the sheep wire protocol (see `shared/reference/sheepdog-protocol.md`)
+//! closely enough that unmodified clients — dog, sheepfs, tgt's sheepdog
+//! backing store, QEMU's old driver — cannot tell it from a one-node cluster:
+//! vids, inode bytes (including generational references), result codes and
+//! reply layouts follow sheep's algorithms. `tests/golden_replay.rs` replays
+//! captures of real clients against it and compares every reply byte.
+//!
+//! Layout under the store directory `DIR`:
+//! - `obj/<oid>`: one file per object, full object size (sparse);
+//! - `state.json`: cluster state (format, epoch, defaults, bitmaps, per-vid state);
+//! - `sock`: the Unix socket (always created, as sheep does);
+//! - `lock`: held with flock while the server runs.
+//!
+//! Intended differences from sheep:
+//! - FLUSH_VDI answers SUCCESS after syncing the VDI's cached writes (sheep
+//!   always answers INVALID_PARMS; clients accept both). Writes carrying
+//!   SD_FLAG_CMD_CACHE skip the per-write fdatasync until then.
+//! - Objects shared between VDIs are never reclaimed; a VDI's own objects are
+//!   removed when its map stops referencing them (sheep uses ledger objects).
+//! - Requests past the end of an object get INVALID_PARMS instead of garbage.
+//! - Locks are in memory only and owned by this node, as on sheep.
+
+mod core;
+mod error;
+mod net;
+mod state;
+mod store;
+mod vdi;
+
+pub use self::core::Sheep;
+pub use error::ServerError;
+
+use crate::proto::node::{NodeId, SdNode};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+/// How long a clean stop waits for in-flight requests and replies.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Store directory.
+    pub dir: PathBuf,
+    /// Address to bind (127.0.0.1 by default; 0.0.0.0 or :: for all interfaces).
+    pub bind: IpAddr,
+    pub port: u16,
+    /// Open object files kept in the LRU.
+    pub fd_cache: usize,
+    /// Bytes of request payloads and reply buffers held at once.
+    pub memory_budget: u64,
+}
+
+impl Config {
+    pub fn new(dir: impl Into<PathBuf>) -> Config {
+        Config {
+            dir: dir.into(),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: crate::proto::SD_LISTEN_PORT,
+            fd_cache: 1024,
+            memory_budget: 512 << 20,
+        }
+    }
+}
+
+/// The address and node record advertised for a bind address and port:
+/// unspecified addresses advertise 127.0.0.1.
+pub fn advertised_node(bind: IpAddr, port: u16) -> SdNode {
+    let ip = if bind.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        bind
+    };
+    let nid = NodeId::new(ip, port);
+    SdNode {
+        nid,
+        nr_vnodes: crate::proto::SD_DEFAULT_VNODES,
+        zone: SdNode::default_zone(&nid.addr),
+        space: 0,
+    }
+}
+
+/// Prepares the store directory: creates it, checks it is writable and takes
+/// its lock. Returns the canonical path and the lock file (kept open).
+fn open_dir(dir: &Path) -> Result<(PathBuf, std::fs::File), ServerError> {
+    let err = |source| ServerError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let dir = dir.canonicalize().map_err(err)?;
+    let lock_path = dir.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| ServerError::Dir {
+            path: lock_path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(ServerError::DirInUse {
+            dir: dir.clone(),
+            lock: lock_path,
+        });
+    }
+    Ok((dir, lock))
+}
+
+/// Raises the open-file limit to its hard maximum (object files are cached).
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT or SD_OP_SHUTDOWN, then stops cleanly:
+/// in-flight requests finish, cached writes are synced, the socket file is
+/// removed.
+pub async fn run(cfg: Config) -> Result<(), ServerError> {
+    raise_nofile();
+    let (dir, _lock) = open_dir(&cfg.dir)?;
+    let addr = SocketAddr::new(cfg.bind, cfg.port);
+    let tcp = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let port = tcp.local_addr().map(|a| a.port()).unwrap_or(cfg.port);
+    let sheep = Arc::new(Sheep::new(
+        &dir,
+        advertised_node(cfg.bind, port),
+        cfg.fd_cache,
+    )?);
+    let sock_path = dir.join("sock");
+    // A stale socket from an earlier run is replaced, as sheep does.
+    match std::fs::remove_file(&sock_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ServerError::Listen {
+                addr: sock_path.display().to_string(),
+                source,
+            })
+        }
+    }
+    let unix = UnixListener::bind(&sock_path).map_err(|source| ServerError::Listen {
+        addr: sock_path.display().to_string(),
+        source,
+    })?;
+    let budget = cfg.memory_budget.max(sheep.max_payload());
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let ctx = Arc::new(net::Ctx {
+        sheep: sheep.clone(),
+        budget: Arc::new(Semaphore::new(budget as usize)),
+        budget_bytes: budget,
+        stop: stop_tx,
+        next_conn: AtomicU64::new(0),
+    });
+    tracing::info!(
+        dir = %dir.display(),
+        tcp = %SocketAddr::new(cfg.bind, port),
+        unix = %sock_path.display(),
+        node = %sheep.node.nid.to_addr_port(),
+        "sheep-lite listening"
+    );
+
+    let mut conns = JoinSet::new();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| ServerError::Other(format!("cannot install SIGTERM handler: {e}")))?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| ServerError::Other(format!("cannot install SIGINT handler: {e}")))?;
+    loop {
+        while conns.try_join_next().is_some() {}
+        tokio::select! {
+            a = tcp.accept() => match a {
+                Ok((s, peer)) => {
+                    let _ = s.set_nodelay(true);
+                    conns.spawn(net::serve(ctx.clone(), s, peer.to_string()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            a = unix.accept() => match a {
+                Ok((s, _)) => {
+                    conns.spawn(net::serve(ctx.clone(), s, "unix".to_string()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping");
+                break;
+            }
+            _ = stop_rx.changed() => break,
+        }
+    }
+    // Stop: no new connections or requests; let in-flight ones finish.
+    drop(tcp);
+    drop(unix);
+    let _ = ctx.stop.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some connections did not finish in time; closing them");
+        conns.abort_all();
+    }
+    let s2 = sheep.clone();
+    let synced = tokio::task::spawn_blocking(move || s2.sync_all())
+        .await
+        .map_err(|e| ServerError::Other(format!("final sync failed: {e}")))?;
+    let _ = std::fs::remove_file(&sock_path);
+    if let Err(e) = synced {
+        return Err(ServerError::Other(format!(
+            "final sync of cached writes failed: {e:?}"
+        )));
+    }
+    tracing::info!("sheep-lite stopped");
+    Ok(())
+}

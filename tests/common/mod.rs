@@ -33,7 +33,30 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
+/// A free TCP port in `range` (tgt's sheepdog backing store only parses
+/// ports of at most 4 digits).
+pub fn free_port_in(range: std::ops::Range<u16>) -> u16 {
+    let span = (range.end - range.start).max(1) as u32;
+    let start = std::process::id() % span;
+    (0..span)
+        .map(|i| range.start + ((start + i) % span) as u16)
+        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("no free port in range")
+}
+
 impl SheepLite {
+    /// Starts an unformatted sheep-lite on a given port.
+    pub fn start_on(port: u16) -> SheepLite {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = SheepLite {
+            dir,
+            port,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
     /// Starts an unformatted sheep-lite.
     pub fn start() -> SheepLite {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -88,6 +111,24 @@ impl SheepLite {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
         c.wait().ok()
+    }
+
+    /// Waits (bounded) for the server to exit by itself, e.g. after SHUTDOWN.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.child.as_mut()?;
+            match c.try_wait() {
+                Ok(Some(s)) => {
+                    self.child = None;
+                    return Some(s);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return None,
+            }
+        }
     }
 
     pub fn restart(&mut self) {
@@ -171,9 +212,7 @@ impl Out {
 
 /// Deterministic test data: pattern A of the captures (`i mod 251`), offset by `seed`.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((i % 251) as u8).wrapping_add(seed))
-        .collect()
+    (0..len).map(|i| ((i % 251) as u8).wrapping_add(seed)).collect()
 }
 
 /// Path to `shared/reference` beside the checkout.

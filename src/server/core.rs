@@ -1,0 +1,936 @@
+//! The protocol core: one synchronous handler per opcode, run on the blocking
+//! pool by the network layer. It knows nothing about sockets.
+
+use super::error::{io_res, OpResult};
+use super::state::{State, StateFile};
+use super::store::Store;
+use crate::proto::bytes::{get_u32, put_u64};
+use crate::proto::header::{
+    ClusterArgs, ClusterDefaultRsp, NodeRsp, ObjArgs, VdiArgs, VdiStateArgs, RSP_ARGS_LEN,
+};
+use crate::proto::inode::{self, DATA_VDI_ID_OFFSET, GREF_OFFSET, SD_INODE_DATA_INDEX};
+use crate::proto::node::{ClusterInfo, EpochLog, SdNode, SD_NODE_SIZE, VDI_STATE_SIZE};
+use crate::proto::{
+    attr::SD_ATTR_OBJ_SIZE, cluster_status, flags, oid, op, ReqHeader, SdRes, SD_PROTO_VER,
+    SD_SHEEP_PROTO_VER, VDI_BITMAP_SIZE,
+};
+use parking_lot::{Mutex, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A decoded request with its payload (empty unless CMD_WRITE).
+pub struct Req {
+    pub hdr: ReqHeader,
+    pub data: Vec<u8>,
+}
+
+/// What to do after the reply is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    None,
+    /// SHUTDOWN / KILL_NODE: stop serving and exit cleanly.
+    Stop,
+}
+
+/// The opcode-specific part of a reply; the network layer fills opcode, id,
+/// epoch and data_length.
+pub struct Reply {
+    pub result: SdRes,
+    pub args: [u8; RSP_ARGS_LEN],
+    pub data: Vec<u8>,
+    pub action: Action,
+}
+
+impl Reply {
+    pub fn res(result: SdRes) -> Reply {
+        Reply {
+            result,
+            args: [0; RSP_ARGS_LEN],
+            data: Vec::new(),
+            action: Action::None,
+        }
+    }
+    pub fn ok() -> Reply {
+        Reply::res(SdRes::SUCCESS)
+    }
+    pub fn data(data: Vec<u8>) -> Reply {
+        Reply {
+            data,
+            ..Reply::ok()
+        }
+    }
+    pub fn with_args(mut self, args: [u8; RSP_ARGS_LEN]) -> Reply {
+        self.args = args;
+        self
+    }
+}
+
+fn from_res(r: OpResult<Reply>) -> Reply {
+    r.unwrap_or_else(Reply::res)
+}
+
+/// Ops answered before the cluster is formatted (§4 column F).
+fn is_force_op(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        op::READ_VDIS
+            | op::GET_CLUSTER_DEFAULT
+            | op::GET_NODE_LIST
+            | op::MAKE_FS
+            | op::SHUTDOWN
+            | op::STAT_CLUSTER
+            | op::FORCE_RECOVER
+            | op::GET_STORE_LIST
+            | op::CLEANUP
+            | op::NOTIFY_VDI_DEL
+            | op::KILL_NODE
+            | op::GET_VDI_COPIES
+            | op::NOTIFY_VDI_ADD
+            | op::GET_LOGLEVEL
+            | op::SET_LOGLEVEL
+            | op::EXIST
+            | op::CLUSTER_INFO
+            | op::OIDS_EXIST
+            | op::READ_DEL_VDIS
+            | op::GET_RECOVERY
+            | op::SET_RECOVERY
+    )
+}
+
+// Opcodes without a named constant in `proto::op`.
+pub(crate) const OP_REWEIGHT: u8 = 0xB5;
+const OP_READ_PEER: u8 = 0xA4;
+const OP_WRITE_PEER: u8 = 0xA5;
+const OP_CREATE_AND_WRITE_PEER: u8 = 0xA3;
+const OP_REMOVE_PEER: u8 = 0xA6;
+
+/// Ops this server implements (anything else is INVALID_PARMS after the
+/// version check, as for opcodes without a handler on sheep).
+fn is_known_op(opcode: u8) -> bool {
+    is_force_op(opcode)
+        || matches!(
+            opcode,
+            op::CREATE_AND_WRITE_OBJ
+                | op::READ_OBJ
+                | op::WRITE_OBJ
+                | op::REMOVE_OBJ
+                | op::DISCARD_OBJ
+                | op::NEW_VDI
+                | op::LOCK_VDI
+                | op::RELEASE_VDI
+                | op::GET_VDI_INFO
+                | op::FLUSH_VDI
+                | op::DEL_VDI
+                | op::STAT_SHEEP
+                | op::GET_VDI_ATTR
+                | op::STAT_RECOVERY
+                | op::FLUSH_DEL_CACHE
+                | op::GET_OBJ_LIST
+                | op::GET_EPOCH
+                | op::ENABLE_RECOVER
+                | op::DISABLE_RECOVER
+                | op::DELETE_CACHE
+                | op::MD_INFO
+                | op::STAT
+                | op::ALTER_CLUSTER_COPY
+                | op::ALTER_VDI_COPY
+                | op::GET_VNODES
+                | op::SET_VNODES
+                | OP_REWEIGHT
+                | OP_READ_PEER
+                | OP_WRITE_PEER
+                | OP_CREATE_AND_WRITE_PEER
+                | OP_REMOVE_PEER
+        )
+}
+
+/// Request counters for SD_OP_STAT (`struct sd_stat`, gateway half).
+#[derive(Default)]
+struct Stats {
+    total: AtomicU64,
+    rx: AtomicU64,
+    tx: AtomicU64,
+    remove: AtomicU64,
+    read: AtomicU64,
+    write: AtomicU64,
+    flush: AtomicU64,
+}
+
+/// Settings that are only kept in memory.
+struct Misc {
+    loglevel: i32,
+    recovery: [u8; 24],
+    vnodes: i32,
+}
+
+/// The single-node sheep.
+pub struct Sheep {
+    pub(crate) store: Store,
+    pub(crate) state: RwLock<State>,
+    state_file: StateFile,
+    /// Serialises cluster operations (VDI create/delete, format, ...), as
+    /// sheep's cluster driver orders them.
+    pub(crate) vdi_mutex: Mutex<()>,
+    /// This node as advertised in node lists.
+    pub(crate) node: SdNode,
+    dir: PathBuf,
+    stats: Stats,
+    misc: Mutex<Misc>,
+    /// Cached [`Sheep::max_payload`], refreshed whenever the state changes.
+    max_payload: AtomicU64,
+}
+
+impl Sheep {
+    pub fn new(dir: &Path, node: SdNode, fd_cache: usize) -> Result<Sheep, super::ServerError> {
+        let store =
+            Store::open(&dir.join("obj"), fd_cache).map_err(|source| super::ServerError::Dir {
+                path: dir.join("obj"),
+                source,
+            })?;
+        let state_file = StateFile::new(dir);
+        let state = state_file.load()?;
+        let max_payload = AtomicU64::new(payload_limit(&state));
+        Ok(Sheep {
+            store,
+            state: RwLock::new(state),
+            state_file,
+            vdi_mutex: Mutex::new(()),
+            node,
+            dir: dir.to_path_buf(),
+            stats: Stats::default(),
+            misc: Mutex::new(Misc {
+                loglevel: 6,
+                recovery: [0; 24],
+                vnodes: crate::proto::SD_DEFAULT_VNODES as i32,
+            }),
+            max_payload,
+        })
+    }
+
+    /// Epoch to put in reply headers.
+    pub fn epoch(&self) -> u32 {
+        self.state.read().epoch
+    }
+
+    /// Largest payload a request may legally carry.
+    pub fn max_payload(&self) -> u64 {
+        self.max_payload.load(Ordering::Relaxed)
+    }
+
+    /// Size of the object `oid` names (for budgeting COW creates).
+    pub fn object_size(&self, oid: u64) -> u64 {
+        let st = self.state.read();
+        objsize(&st, oid)
+    }
+
+    /// Marks the cluster as shutting down: every later request gets SHUTDOWN.
+    pub fn set_shutdown(&self) {
+        self.state.write().status = cluster_status::SHUTDOWN;
+    }
+
+    /// Makes every cached write durable (clean shutdown).
+    pub fn sync_all(&self) -> OpResult<()> {
+        self.store.sync_all()
+    }
+
+    /// Applies `f` to the state and persists it. Callers hold `vdi_mutex`.
+    pub(crate) fn commit(&self, f: impl FnOnce(&mut State)) -> OpResult<()> {
+        f(&mut self.state.write());
+        let st = self.state.read();
+        self.max_payload
+            .store(payload_limit(&st), Ordering::Relaxed);
+        self.state_file
+            .save(&st)
+            .map_err(|e| io_res(&e, "save state", self.state_file.path()))
+    }
+
+    /// Handles one request.
+    pub fn handle(&self, req: Req) -> Reply {
+        let h = &req.hdr;
+        // §1.6: version gate, then unknown ops, then the cluster-state gate.
+        if h.opcode >= 0x80 {
+            if h.proto_ver != SD_SHEEP_PROTO_VER {
+                return Reply::res(SdRes::VER_MISMATCH);
+            }
+        } else if h.proto_ver > SD_PROTO_VER {
+            return Reply::res(SdRes::VER_MISMATCH);
+        }
+        if !is_known_op(h.opcode) {
+            tracing::warn!(opcode = format_args!("{:#04x}", h.opcode), "unknown opcode");
+            return Reply::res(SdRes::INVALID_PARMS);
+        }
+        {
+            let st = self.state.read();
+            match st.status {
+                cluster_status::KILLED => return Reply::res(SdRes::KILLED),
+                cluster_status::SHUTDOWN => return Reply::res(SdRes::SHUTDOWN),
+                cluster_status::WAIT if !is_force_op(h.opcode) => {
+                    return Reply::res(if st.ctime == 0 {
+                        SdRes::WAIT_FOR_FORMAT
+                    } else {
+                        SdRes::WAIT_FOR_JOIN
+                    })
+                }
+                _ => {}
+            }
+        }
+        self.count(&req);
+        let r = self.dispatch(&req);
+        self.stats
+            .tx
+            .fetch_add(r.data.len() as u64, Ordering::Relaxed);
+        r
+    }
+
+    fn count(&self, req: &Req) {
+        let s = &self.stats;
+        s.total.fetch_add(1, Ordering::Relaxed);
+        s.rx.fetch_add(req.data.len() as u64, Ordering::Relaxed);
+        let c = match req.hdr.opcode {
+            op::READ_OBJ => &s.read,
+            op::WRITE_OBJ | op::CREATE_AND_WRITE_OBJ => &s.write,
+            op::REMOVE_OBJ => &s.remove,
+            op::FLUSH_VDI => &s.flush,
+            _ => return,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn dispatch(&self, req: &Req) -> Reply {
+        let h = &req.hdr;
+        match h.opcode {
+            op::READ_OBJ | OP_READ_PEER => from_res(self.read_obj(req)),
+            op::WRITE_OBJ | OP_WRITE_PEER => from_res(self.write_obj(req).map(|_| Reply::ok())),
+            op::CREATE_AND_WRITE_OBJ | OP_CREATE_AND_WRITE_PEER => {
+                from_res(self.create_obj(req).map(|_| Reply::ok()))
+            }
+            op::REMOVE_OBJ | OP_REMOVE_PEER => {
+                let o = ObjArgs::decode(&h.args);
+                from_res(self.store.remove(o.oid).map(|_| Reply::ok()))
+            }
+            op::DISCARD_OBJ => from_res(self.discard_obj(req)),
+            op::FLUSH_VDI => {
+                // Intended difference from sheep (which always answers
+                // INVALID_PARMS): writes sent with CMD_CACHE skip the per-write
+                // sync here, and FLUSH_VDI makes them durable. Clients treat
+                // both answers as success.
+                let o = ObjArgs::decode(&h.args);
+                from_res(
+                    self.store
+                        .sync_vid(oid::oid_to_vid(o.oid))
+                        .map(|_| Reply::ok()),
+                )
+            }
+            op::NEW_VDI => self.new_vdi(req),
+            op::GET_VDI_INFO => self.get_vdi_info(req),
+            op::LOCK_VDI => self.lock_vdi(req),
+            op::RELEASE_VDI => self.release_vdi(req),
+            op::DEL_VDI => self.del_vdi(req),
+            op::GET_VDI_ATTR => self.get_vdi_attr(req),
+            op::READ_VDIS | op::READ_DEL_VDIS => {
+                if h.data_length as usize != VDI_BITMAP_SIZE {
+                    return Reply::res(SdRes::INVALID_PARMS);
+                }
+                let st = self.state.read();
+                let bm = if h.opcode == op::READ_VDIS {
+                    &st.inuse
+                } else {
+                    &st.deleted
+                };
+                Reply::data(bm.as_bytes().to_vec())
+            }
+            op::GET_CLUSTER_DEFAULT => {
+                let st = self.state.read();
+                Reply::ok().with_args(
+                    ClusterDefaultRsp {
+                        nr_copies: st.nr_copies,
+                        copy_policy: st.copy_policy,
+                        block_size_shift: st.block_size_shift,
+                    }
+                    .encode(),
+                )
+            }
+            op::GET_NODE_LIST => Reply::data(self.node_bytes(true).to_vec()).with_args(
+                NodeRsp {
+                    nr_nodes: 1,
+                    ..Default::default()
+                }
+                .encode(),
+            ),
+            op::MAKE_FS => from_res(self.make_fs(req)),
+            op::SHUTDOWN => {
+                self.set_shutdown();
+                tracing::info!("shutdown requested by a client");
+                Reply {
+                    action: Action::Stop,
+                    ..Reply::ok()
+                }
+            }
+            op::KILL_NODE => {
+                self.state.write().status = cluster_status::KILLED;
+                tracing::info!("kill requested by a client");
+                Reply {
+                    action: Action::Stop,
+                    ..Reply::ok()
+                }
+            }
+            op::STAT_SHEEP => {
+                let (size, free) = self.space();
+                Reply::ok().with_args(
+                    NodeRsp {
+                        nr_nodes: 0,
+                        store_size: size,
+                        store_free: free,
+                    }
+                    .encode(),
+                )
+            }
+            op::STAT_CLUSTER => self.stat_cluster(h),
+            op::CLUSTER_INFO => Reply::data(self.cluster_info()),
+            op::GET_STORE_LIST => {
+                // Registration order on sheep puts "tree" first; the reply is
+                // the text plus its NUL, clipped to the buffer.
+                let mut v = b"tree plain \0".to_vec();
+                v.truncate(h.data_length as usize);
+                Reply::data(v)
+            }
+            op::GET_VDI_COPIES => {
+                let st = self.state.read();
+                let need = st.vdis.len() * VDI_STATE_SIZE;
+                if (h.data_length as usize) < need {
+                    return Reply::res(SdRes::BUFFER_SMALL);
+                }
+                let mut v = Vec::with_capacity(need);
+                for (&vid, e) in &st.vdis {
+                    v.extend_from_slice(&e.to_wire(vid).encode());
+                }
+                Reply::data(v)
+            }
+            op::FLUSH_DEL_CACHE
+            | op::DELETE_CACHE
+            | op::CLEANUP
+            | op::NOTIFY_VDI_DEL
+            | OP_REWEIGHT => Reply::ok(),
+            op::EXIST => {
+                let o = ObjArgs::decode(&h.args);
+                Reply::res(if self.store.exists(o.oid) {
+                    SdRes::SUCCESS
+                } else {
+                    SdRes::NO_OBJ
+                })
+            }
+            op::OIDS_EXIST => {
+                let missing: Vec<u8> = req
+                    .data
+                    .chunks_exact(8)
+                    .filter(|c| {
+                        !self
+                            .store
+                            .exists(u64::from_le_bytes((*c).try_into().unwrap_or([0; 8])))
+                    })
+                    .flatten()
+                    .copied()
+                    .collect();
+                if missing.is_empty() {
+                    Reply::ok()
+                } else {
+                    Reply {
+                        data: missing,
+                        ..Reply::res(SdRes::NO_OBJ)
+                    }
+                }
+            }
+            op::GET_OBJ_LIST => match self.store.list() {
+                Ok(oids) => {
+                    if (h.data_length as u64) < 8 * oids.len() as u64 {
+                        return Reply::res(SdRes::BUFFER_SMALL);
+                    }
+                    Reply::data(oids.iter().flat_map(|o| o.to_le_bytes()).collect())
+                }
+                Err(e) => Reply::res(e),
+            },
+            op::GET_EPOCH => self.get_epoch(h),
+            op::STAT_RECOVERY => {
+                if h.data_length < 24 {
+                    return Reply::res(SdRes::INVALID_PARMS);
+                }
+                Reply::data(vec![0u8; 24])
+            }
+            op::ENABLE_RECOVER | op::DISABLE_RECOVER => {
+                let _g = self.vdi_mutex.lock();
+                let disable = h.opcode == op::DISABLE_RECOVER;
+                from_res(
+                    self.commit(|s| s.disable_recovery = disable)
+                        .map(|_| Reply::ok()),
+                )
+            }
+            op::FORCE_RECOVER => {
+                // Only a cluster waiting for nodes can be force-recovered.
+                if self.state.read().status != cluster_status::WAIT {
+                    Reply::res(SdRes::FORCE_RECOVER)
+                } else {
+                    Reply::res(SdRes::WAIT_FOR_FORMAT)
+                }
+            }
+            op::ALTER_CLUSTER_COPY => {
+                let c = ClusterArgs::decode(&h.args);
+                if c.copy_policy != 0 {
+                    return Reply::res(SdRes::INVALID_PARMS);
+                }
+                let _g = self.vdi_mutex.lock();
+                from_res(self.commit(|s| s.nr_copies = c.copies).map(|_| Reply::ok()))
+            }
+            op::ALTER_VDI_COPY => {
+                let a = VdiStateArgs::decode(&h.args);
+                if a.copy_policy != 0 {
+                    return Reply::res(SdRes::INVALID_PARMS);
+                }
+                let _g = self.vdi_mutex.lock();
+                from_res(
+                    self.commit(|s| {
+                        if let Some(e) = s.vdis.get_mut(&a.new_vid) {
+                            e.copies = a.copies;
+                        }
+                    })
+                    .map(|_| Reply::ok()),
+                )
+            }
+            op::NOTIFY_VDI_ADD => {
+                let a = VdiStateArgs::decode(&h.args);
+                let _g = self.vdi_mutex.lock();
+                from_res(
+                    self.commit(|s| {
+                        s.notify_vdi_add(
+                            a.new_vid,
+                            a.copies,
+                            a.old_vid,
+                            a.copy_policy,
+                            a.block_size_shift,
+                            a.set_bitmap != 0,
+                        )
+                    })
+                    .map(|_| Reply::ok()),
+                )
+            }
+            op::STAT => {
+                if h.data_length < 120 {
+                    return Reply::res(SdRes::INVALID_PARMS);
+                }
+                let s = &self.stats;
+                let mut v = vec![0u8; 120];
+                let vals = [
+                    (16, &s.total),
+                    (32, &s.rx),
+                    (40, &s.tx),
+                    (64, &s.remove),
+                    (72, &s.read),
+                    (80, &s.write),
+                    (88, &s.flush),
+                ];
+                for (off, c) in vals {
+                    put_u64(&mut v, off, c.load(Ordering::Relaxed));
+                }
+                Reply::data(v)
+            }
+            op::MD_INFO => self.md_info(h),
+            op::GET_LOGLEVEL => Reply::data(self.misc.lock().loglevel.to_le_bytes().to_vec()),
+            op::SET_LOGLEVEL => match req.data.get(..4) {
+                Some(b) => {
+                    self.misc.lock().loglevel = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    Reply::ok()
+                }
+                None => Reply::res(SdRes::INVALID_PARMS),
+            },
+            op::GET_RECOVERY => Reply::data(self.misc.lock().recovery.to_vec()),
+            op::SET_RECOVERY => match req.data.get(..24) {
+                Some(b) => {
+                    self.misc.lock().recovery.copy_from_slice(b);
+                    Reply::ok()
+                }
+                None => Reply::res(SdRes::INVALID_PARMS),
+            },
+            op::GET_VNODES => Reply::data(self.misc.lock().vnodes.to_le_bytes().to_vec()),
+            op::SET_VNODES => match req.data.get(..4) {
+                Some(b) => {
+                    self.misc.lock().vnodes = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    Reply::ok()
+                }
+                None => Reply::res(SdRes::INVALID_PARMS),
+            },
+            _ => Reply::res(SdRes::INVALID_PARMS),
+        }
+    }
+
+    // ------------------------------------------------------------ cluster info
+
+    /// This node as 80 bytes. Nodes taken from sheep's in-memory tree carry the
+    /// rb-tree colour word of a single black root (1) in their first byte;
+    /// epoch-log copies have zeros there.
+    fn node_bytes(&self, from_tree: bool) -> [u8; SD_NODE_SIZE] {
+        let mut n = self.node;
+        n.space = self.capacity();
+        let mut b = n.encode();
+        if from_tree {
+            b[0] = 1;
+        }
+        b
+    }
+
+    /// Capacity of the store's filesystem.
+    fn capacity(&self) -> u64 {
+        statvfs(&self.dir).map(|(total, _)| total).unwrap_or(0)
+    }
+
+    /// STAT_SHEEP: (size, free) as sheep computes them: free = available
+    /// bytes of the filesystem, size = free + bytes used by objects.
+    fn space(&self) -> (u64, u64) {
+        let free = statvfs(&self.dir).map(|(_, avail)| avail).unwrap_or(0);
+        (free + self.store.used_bytes(), free)
+    }
+
+    fn cluster_info(&self) -> Vec<u8> {
+        let st = self.state.read();
+        let ci = ClusterInfo {
+            proto_ver: SD_SHEEP_PROTO_VER,
+            disable_recovery: st.disable_recovery as u8,
+            epoch: st.epoch,
+            ctime: st.ctime,
+            flags: st.flags,
+            nr_copies: st.nr_copies,
+            copy_policy: st.copy_policy,
+            status: st.status,
+            block_size_shift: st.block_size_shift,
+            default_store: st.store.clone(),
+            nodes: if st.formatted {
+                vec![self.node]
+            } else {
+                vec![]
+            },
+        };
+        let mut b = ci.encode();
+        if st.formatted {
+            b[48..48 + SD_NODE_SIZE].copy_from_slice(&self.node_bytes(true));
+        }
+        b
+    }
+
+    fn epoch_log(&self, st: &State, first: bool, with_nodes: bool) -> EpochLog {
+        let mut node = self.node;
+        node.space = self.capacity();
+        EpochLog {
+            ctime: if first { st.ctime } else { 0 },
+            time: if with_nodes { st.epoch_time } else { 0 },
+            epoch: st.epoch,
+            disable_recovery: if first { st.disable_recovery as u8 } else { 0 },
+            nr_copies: if first { st.nr_copies } else { 0 },
+            copy_policy: if first { st.copy_policy } else { 0 },
+            flags: if first { st.flags } else { 0 },
+            drv_name: if first {
+                st.store.clone()
+            } else {
+                String::new()
+            },
+            nodes: if with_nodes { vec![node] } else { vec![] },
+        }
+    }
+
+    /// STAT_CLUSTER (§8.1): records from the latest epoch down; this node only
+    /// ever has epoch 1.
+    fn stat_cluster(&self, h: &ReqHeader) -> Reply {
+        let st = self.state.read();
+        let result = match st.status {
+            cluster_status::OK => SdRes::SUCCESS,
+            cluster_status::WAIT if st.ctime == 0 => SdRes::WAIT_FOR_FORMAT,
+            cluster_status::WAIT => SdRes::WAIT_FOR_JOIN,
+            cluster_status::SHUTDOWN => SdRes::SHUTDOWN,
+            _ => SdRes::SYSTEM_ERROR,
+        };
+        if !st.formatted || st.epoch == 0 {
+            return Reply::res(result);
+        }
+        let n = ClusterArgs::decode(&h.args).nodes_nr as u64;
+        let stride = 48 + 80 * n;
+        if (h.data_length as u64) < stride {
+            return Reply::res(result);
+        }
+        let log = self.epoch_log(&st, true, n > 0);
+        // One record: `slots` is at least 1 here whenever nodes are wanted.
+        Reply {
+            data: log.encode(n as usize),
+            ..Reply::res(result)
+        }
+    }
+
+    fn get_epoch(&self, h: &ReqHeader) -> Reply {
+        let o = ObjArgs::decode(&h.args);
+        let st = self.state.read();
+        if !st.formatted || o.tgt_epoch != st.epoch || st.epoch == 0 {
+            return Reply::res(SdRes::NO_TAG);
+        }
+        if (h.data_length as usize) < SD_NODE_SIZE + 8 {
+            return Reply::res(SdRes::BUFFER_SMALL);
+        }
+        let mut v = self.node_bytes(false).to_vec();
+        v.extend_from_slice(&st.epoch_time.to_le_bytes());
+        Reply::data(v)
+    }
+
+    fn md_info(&self, h: &ReqHeader) -> Reply {
+        const MD_INFO_SIZE: usize = 263_688;
+        if h.data_length as usize != MD_INFO_SIZE {
+            return Reply::res(SdRes::INVALID_PARMS);
+        }
+        let mut v = vec![0u8; MD_INFO_SIZE];
+        let (_, free) = self.space();
+        put_u64(&mut v, 8, free);
+        put_u64(&mut v, 16, self.store.used_bytes());
+        let path = self.dir.join("obj");
+        let p = path.to_string_lossy();
+        let n = p.len().min(4095);
+        v[24..24 + n].copy_from_slice(&p.as_bytes()[..n]);
+        v[263_680..263_684].copy_from_slice(&1i32.to_le_bytes());
+        Reply::data(v)
+    }
+
+    fn make_fs(&self, req: &Req) -> OpResult<Reply> {
+        let c = ClusterArgs::decode(&req.hdr.args);
+        let name = cstr(&req.data);
+        if name != b"plain" && name != b"tree" {
+            tracing::warn!(store = %String::from_utf8_lossy(name), "MAKE_FS with an unknown store driver");
+            return Err(SdRes::NO_STORE);
+        }
+        let mut store = String::from_utf8_lossy(name).into_owned();
+        store.truncate(crate::proto::STORE_LEN - 1);
+        let _g = self.vdi_mutex.lock();
+        self.store.wipe()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.commit(|s| {
+            let status = s.status;
+            *s = State::unformatted();
+            s.status = status;
+            s.formatted = true;
+            s.status = cluster_status::OK;
+            s.ctime = c.ctime;
+            s.epoch = 1;
+            s.epoch_time = now;
+            s.nr_copies = if c.copies == 0 {
+                crate::proto::SD_DEFAULT_COPIES
+            } else {
+                c.copies
+            };
+            s.copy_policy = c.copy_policy;
+            s.block_size_shift = if c.block_size_shift == 0 {
+                crate::proto::SD_DEFAULT_BLOCK_SIZE_SHIFT
+            } else {
+                c.block_size_shift
+            };
+            s.flags = c.flags;
+            s.store = store;
+        })?;
+        tracing::info!("cluster formatted");
+        Ok(Reply::ok())
+    }
+
+    // ------------------------------------------------------------ object I/O
+
+    fn read_obj(&self, req: &Req) -> OpResult<Reply> {
+        let h = &req.hdr;
+        let o = ObjArgs::decode(&h.args);
+        let mut buf = vec![0u8; h.data_length as usize];
+        self.store.read(o.oid, o.offset as u64, &mut buf)?;
+        Ok(Reply::data(buf))
+    }
+
+    fn readonly(&self, oid: u64) -> bool {
+        oid::is_data_obj(oid) && self.state.read().is_snapshot(oid::oid_to_vid(oid))
+    }
+
+    fn create_obj(&self, req: &Req) -> OpResult<()> {
+        let h = &req.hdr;
+        let o = ObjArgs::decode(&h.args);
+        if self.readonly(o.oid) {
+            return Err(SdRes::READONLY);
+        }
+        let size = self.object_size(o.oid);
+        let off = o.offset as u64;
+        if off + req.data.len() as u64 > size {
+            tracing::warn!(
+                oid = format_args!("{:016x}", o.oid),
+                off,
+                len = req.data.len(),
+                size,
+                "create beyond the object size"
+            );
+            return Err(SdRes::INVALID_PARMS);
+        }
+        if h.flags & flags::CMD_COW != 0 && req.data.len() as u64 != size {
+            // Partial COW: the new object is the source with the payload on top.
+            let mut buf = vec![0u8; size as usize];
+            {
+                let _g = self.store.lock_shared(o.cow_oid);
+                let src = self.store.size_locked(o.cow_oid)?.min(size) as usize;
+                self.store.read_locked(o.cow_oid, 0, &mut buf[..src])?;
+            }
+            buf[off as usize..off as usize + req.data.len()].copy_from_slice(&req.data);
+            return self.store.create(o.oid, size, &[(0, &buf)]);
+        }
+        self.store.create(o.oid, size, &[(off, &req.data)])
+    }
+
+    fn write_obj(&self, req: &Req) -> OpResult<()> {
+        let h = &req.hdr;
+        let o = ObjArgs::decode(&h.args);
+        if self.readonly(o.oid) {
+            return Err(SdRes::READONLY);
+        }
+        let sync = h.flags & flags::CMD_CACHE == 0;
+        let off = o.offset as u64;
+        let start = DATA_VDI_ID_OFFSET as u64;
+        let end = GREF_OFFSET as u64;
+        let is_map_update =
+            oid::is_vdi_obj(o.oid) && off >= start && off + req.data.len() as u64 <= end;
+        if !is_map_update {
+            return self.store.write(o.oid, off, &req.data, sync);
+        }
+        // A data_vdi_id update (§6.4): remember the old entries and the
+        // writer's generational references, write, then clear those
+        // references as sheep does, and reclaim objects nobody shares anymore.
+        let first = ((off - start) / 4) as usize;
+        let n = req.data.len() / 4;
+        let mut old = vec![0u8; 4 * n];
+        let mut grefs = vec![0u8; 8 * n];
+        {
+            let _g = self.store.lock(o.oid);
+            self.store
+                .read_locked(o.oid, inode::data_vdi_id_offset(first as u32), &mut old)?;
+            let gref_off = (GREF_OFFSET + 8 * first) as u64;
+            if n > 0 && first + n <= SD_INODE_DATA_INDEX {
+                self.store.read_locked(o.oid, gref_off, &mut grefs)?;
+            }
+            self.store.write_locked(o.oid, off, &req.data, sync)?;
+            if n > 0 && first + n <= SD_INODE_DATA_INDEX {
+                self.store
+                    .write_locked(o.oid, gref_off, &vec![0u8; 8 * n], sync)?;
+            }
+        }
+        let own = oid::oid_to_vid(o.oid);
+        if self.state.read().is_snapshot(own) {
+            // Objects of a snapshot may be shared with its children.
+            return Ok(());
+        }
+        let aligned = (off - start) % 4 == 0;
+        for i in 0..n {
+            let old_vid = get_u32(&old, 4 * i);
+            let new_vid = if aligned {
+                get_u32(&req.data, 4 * i)
+            } else {
+                0
+            };
+            let gref_zero = grefs[8 * i..8 * i + 8].iter().all(|&b| b == 0);
+            // Only this VDI's own, never-shared objects are reclaimed; shared
+            // ones are kept (the reference allows not modelling ledgers).
+            if old_vid == own && new_vid != old_vid && gref_zero {
+                let doid = oid::vid_to_data_oid(own, (first + i) as u32);
+                match self.store.remove(doid) {
+                    Ok(()) | Err(SdRes::NO_OBJ) => {}
+                    Err(e) => {
+                        tracing::warn!(oid = format_args!("{doid:016x}"), ?e, "reclaim failed")
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// DISCARD_OBJ: unmap the index in the owner's inode and drop the object.
+    fn discard_obj(&self, req: &Req) -> OpResult<Reply> {
+        let o = ObjArgs::decode(&req.hdr.args);
+        let vid = oid::oid_to_vid(o.oid);
+        let idx = oid::oid_to_idx(o.oid);
+        let ioid = oid::vid_to_vdi_oid(vid);
+        let mut hdr = vec![0u8; inode::SD_INODE_HEADER_SIZE];
+        self.store.read(ioid, 0, &mut hdr)?;
+        if hdr[553] != 0 {
+            // Hyper volumes: the B-tree update is not implemented here.
+            return Err(SdRes::NO_SUPPORT);
+        }
+        if idx as usize >= SD_INODE_DATA_INDEX {
+            return Err(SdRes::INVALID_PARMS);
+        }
+        let cur = {
+            let mut b = [0u8; 4];
+            self.store
+                .read(ioid, inode::data_vdi_id_offset(idx), &mut b)?;
+            u32::from_le_bytes(b)
+        };
+        if cur != 0 {
+            let mut h = ReqHeader::new(0, op::WRITE_OBJ);
+            h.flags = flags::CMD_WRITE;
+            h.data_length = 4;
+            h.args = ObjArgs {
+                oid: ioid,
+                offset: inode::data_vdi_id_offset(idx) as u32,
+                ..Default::default()
+            }
+            .encode();
+            self.write_obj(&Req {
+                hdr: h,
+                data: vec![0; 4],
+            })?;
+        }
+        Ok(Reply::ok())
+    }
+}
+
+/// Largest payload a request may carry for this state.
+fn payload_limit(st: &State) -> u64 {
+    st.max_object_size().max(VDI_BITMAP_SIZE as u64)
+}
+
+/// Object size of `oid` (`get_objsize`).
+pub(crate) fn objsize(st: &State, oid: u64) -> u64 {
+    match oid::kind(oid) {
+        oid::ObjKind::Inode => inode::SD_INODE_SIZE as u64,
+        oid::ObjKind::Attr => SD_ATTR_OBJ_SIZE as u64,
+        oid::ObjKind::Btree => inode::BTREE_NODE_SIZE as u64,
+        oid::ObjKind::Ledger => 4 << 20,
+        oid::ObjKind::Data | oid::ObjKind::Vmstate => {
+            let s = st.shift_of(oid::oid_to_vid(oid));
+            if (crate::proto::MIN_BLOCK_SIZE_SHIFT..=crate::proto::MAX_BLOCK_SIZE_SHIFT)
+                .contains(&s)
+            {
+                1u64 << s
+            } else {
+                crate::proto::SD_DATA_OBJ_SIZE
+            }
+        }
+    }
+}
+
+/// The bytes of a C string stored in `b` (up to the first NUL).
+pub(crate) fn cstr(b: &[u8]) -> &[u8] {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    &b[..end]
+}
+
+/// (capacity, available) of the filesystem holding `path`.
+pub(crate) fn statvfs(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `s` a writable statvfs.
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut s) };
+    if r != 0 {
+        return None;
+    }
+    let f = s.f_frsize as u64;
+    Some((s.f_blocks as u64 * f, s.f_bavail as u64 * f))
+}
+
+/// Decodes the VDI union of a request (helper for the VDI ops).
+pub(crate) fn vdi_args(h: &ReqHeader) -> VdiArgs {
+    VdiArgs::decode(&h.args)
+}

@@ -1,0 +1,250 @@
+//! Connections: framing, concurrency, memory bounds and replies.
+//!
+//! Each connection has a reader loop and a writer task. The reader takes one
+//! request after another (48-byte header, then exactly `data_length` payload
+//! bytes iff CMD_WRITE) and hands each to its own task, which runs the
+//! handler on the blocking pool. Replies go to the writer through a channel in
+//! completion order, so a reply (header + payload) is always written whole.
+//!
+//! Memory is bounded by a global byte budget: a request holds `data_length`
+//! permits (its payload or its reply buffer) until its reply has been written.
+//! Payloads larger than any legal object are refused with INVALID_PARMS (and
+//! skipped), and each connection has at most [`CONN_INFLIGHT`] requests in flight.
+
+use super::core::{Action, Reply, Req, Sheep};
+use crate::proto::header::RspHeader;
+use crate::proto::{op, ReqHeader, SdRes, SD_REQ_SIZE};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+/// Requests one connection may have in flight.
+pub const CONN_INFLIGHT: usize = 256;
+
+/// Shared by every connection.
+pub struct Ctx {
+    pub sheep: Arc<Sheep>,
+    /// Byte budget for payloads and reply buffers.
+    pub budget: Arc<Semaphore>,
+    pub budget_bytes: u64,
+    /// Set to true to stop serving.
+    pub stop: watch::Sender<bool>,
+    pub next_conn: AtomicU64,
+}
+
+struct Outgoing {
+    hdr: [u8; 48],
+    data: Vec<u8>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Serves one client until it disconnects or the server stops.
+pub async fn serve<S>(ctx: Arc<Ctx>, stream: S, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let conn = ctx.next_conn.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::debug_span!("conn", conn, peer = %peer);
+    async move {
+        tracing::debug!("connected");
+        let (r, w) = tokio::io::split(stream);
+        let (tx, rx) = mpsc::channel::<Outgoing>(CONN_INFLIGHT);
+        let writer = tokio::spawn(write_loop(w, rx).in_current_span());
+        if let Err(why) = read_loop(&ctx, r, tx).await {
+            tracing::debug!(%why, "closing connection");
+        }
+        // The writer ends once every in-flight request has replied.
+        let _ = writer.await;
+        tracing::debug!("disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<Outgoing>) {
+    let mut w = BufWriter::with_capacity(256 * 1024, w);
+    while let Some(o) = rx.recv().await {
+        let mut res = w.write_all(&o.hdr).await;
+        if res.is_ok() && !o.data.is_empty() {
+            res = w.write_all(&o.data).await;
+        }
+        drop(o);
+        // Flush when nothing else is ready, so bursts of small replies coalesce.
+        if res.is_ok() && rx.is_empty() {
+            res = w.flush().await;
+        }
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "send failed");
+            // Keep draining so request tasks never block on a dead client.
+            while rx.recv().await.is_some() {}
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    ctx: &Arc<Ctx>,
+    r: R,
+    tx: mpsc::Sender<Outgoing>,
+) -> Result<(), String> {
+    let mut r = BufReader::with_capacity(128 * 1024, r);
+    let inflight = Arc::new(Semaphore::new(CONN_INFLIGHT));
+    let mut stop = ctx.stop.subscribe();
+    loop {
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let mut hb = [0u8; SD_REQ_SIZE];
+        tokio::select! {
+            res = r.read_exact(&mut hb) => {
+                if let Err(e) = res {
+                    return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        Ok(())
+                    } else {
+                        Err(format!("receive failed: {e}"))
+                    };
+                }
+            }
+            _ = stop.changed() => return Ok(()),
+        }
+        let hdr = ReqHeader::decode(&hb);
+        let slot = inflight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| "closed".to_string())?;
+        let dl = hdr.data_length as u64;
+        let max = ctx.sheep.max_payload();
+        let has_payload = hdr.has_payload();
+        if dl > max && (has_payload || hdr.opcode == op::READ_OBJ) {
+            tracing::warn!(
+                opcode = format_args!("{:#04x}", hdr.opcode),
+                data_length = dl,
+                max,
+                "data_length beyond the largest object; refused"
+            );
+            if has_payload {
+                skip(&mut r, dl)
+                    .await
+                    .map_err(|e| format!("receive failed: {e}"))?;
+            }
+            let out = reply_bytes(&ctx.sheep, &hdr, Reply::res(SdRes::INVALID_PARMS));
+            send(&tx, out, None).await?;
+            drop(slot);
+            continue;
+        }
+        // Budget for the payload or the reply buffer (capped so one request
+        // can always proceed).
+        let want = dl.min(max).min(ctx.budget_bytes) as u32;
+        let permit = if want > 0 {
+            Some(
+                ctx.budget
+                    .clone()
+                    .acquire_many_owned(want)
+                    .await
+                    .map_err(|_| "closed".to_string())?,
+            )
+        } else {
+            None
+        };
+        let mut data = Vec::new();
+        if has_payload {
+            data = vec![0u8; dl as usize];
+            tokio::select! {
+                res = r.read_exact(&mut data) => {
+                    res.map_err(|e| format!("payload truncated: {e}"))?;
+                }
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+        let ctx2 = ctx.clone();
+        let tx2 = tx.clone();
+        let span = tracing::debug_span!(
+            "req",
+            op = op::name(hdr.opcode),
+            opcode = hdr.opcode,
+            id = hdr.id
+        );
+        tokio::spawn(
+            async move {
+                let reply = run_request(&ctx2, Req { hdr, data }).await;
+                let action = reply.action;
+                let res = reply.result;
+                let out = reply_bytes(&ctx2.sheep, &hdr, reply);
+                tracing::debug!(result = ?res, len = out.data.len(), "reply");
+                let _ = send(&tx2, out, permit).await;
+                drop(slot);
+                if action == Action::Stop {
+                    let _ = ctx2.stop.send(true);
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn run_request(ctx: &Arc<Ctx>, req: Req) -> Reply {
+    // A COW create reads its whole source object: budget for it too.
+    let mut extra = None;
+    if req.hdr.opcode == op::CREATE_AND_WRITE_OBJ
+        && req.hdr.flags & crate::proto::flags::CMD_COW != 0
+    {
+        let o = crate::proto::header::ObjArgs::decode(&req.hdr.args);
+        let n = ctx.sheep.object_size(o.oid).min(ctx.budget_bytes) as u32;
+        extra = ctx.budget.clone().acquire_many_owned(n).await.ok();
+    }
+    let sheep = ctx.sheep.clone();
+    let span = tracing::Span::current();
+    let r = tokio::task::spawn_blocking(move || span.in_scope(|| sheep.handle(req))).await;
+    drop(extra);
+    match r {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "request handler failed");
+            Reply::res(SdRes::SYSTEM_ERROR)
+        }
+    }
+}
+
+fn reply_bytes(sheep: &Sheep, req: &ReqHeader, reply: Reply) -> Outgoing {
+    let rsp = RspHeader {
+        proto_ver: 0,
+        opcode: req.opcode,
+        flags: 0,
+        // The epoch at reply time (MAKE_FS answers with the new epoch).
+        epoch: sheep.epoch(),
+        id: req.id,
+        data_length: reply.data.len() as u32,
+        result: reply.result.0,
+        args: reply.args,
+    };
+    Outgoing {
+        hdr: rsp.encode(),
+        data: reply.data,
+        _permit: None,
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<Outgoing>,
+    mut out: Outgoing,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<(), String> {
+    out._permit = permit;
+    tx.send(out).await.map_err(|_| "writer gone".to_string())
+}
+
+/// Reads and discards `n` bytes.
+async fn skip<R: AsyncRead + Unpin>(r: &mut R, n: u64) -> std::io::Result<()> {
+    let mut left = n;
+    let mut buf = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let k = left.min(buf.len() as u64) as usize;
+        r.read_exact(&mut buf[..k]).await?;
+        left -= k as u64;
+    }
+    Ok(())
+}

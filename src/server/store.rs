@@ -1,0 +1,445 @@
+//! The object store: one file per object under `DIR/obj/<oid as 16 hex digits>`.
+//!
+//! Durability rules (see the module docs of [`crate::server`]):
+//! - a create is atomic: the object is written to a temporary file, fsynced,
+//!   renamed over the final name and the directory is fsynced, so after a crash
+//!   either the whole new object exists or the old state does;
+//! - a write is fdatasync'ed before it is acknowledged, unless the client set
+//!   SD_FLAG_CMD_CACHE; those objects are remembered per vid and synced by
+//!   FLUSH_VDI (or at shutdown).
+//!
+//! Concurrency: a striped table of reader/writer locks keyed by oid. Reads and
+//! plain writes take the stripe shared; creates, removals and the server's own
+//! read-modify-write sequences take it exclusively ([`Store::lock`]). Open file
+//! handles are kept in a bounded LRU so hot objects do not pay open(2) per request.
+
+use super::error::{io_res, OpResult};
+use crate::proto::{oid, SdRes};
+use lru::LruCache;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const STRIPES: usize = 1024;
+/// Zero runs at least this long are not written into fresh (sparse) files.
+const SPARSE_CHUNK: usize = 64 * 1024;
+
+/// An open object file and its size (object files never change size in place).
+#[derive(Clone)]
+struct Handle {
+    file: Arc<File>,
+    size: u64,
+}
+
+pub struct Store {
+    dir: PathBuf,
+    fds: Mutex<LruCache<u64, Handle>>,
+    locks: Box<[RwLock<()>]>,
+    /// Objects written with CMD_CACHE and not yet synced, by vid.
+    dirty: Mutex<HashMap<u32, HashSet<u64>>>,
+    /// Sum of object sizes (what dog calls "used").
+    used: AtomicU64,
+    tmp_seq: AtomicU64,
+}
+
+/// Guard of one oid's stripe.
+pub enum Guard<'a> {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'a, ()>),
+    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'a, ()>),
+}
+
+fn obj_name(oid: u64) -> String {
+    format!("{oid:016x}")
+}
+
+fn stripe(oid: u64) -> usize {
+    // Objects of one VDI differ in the low bits; mix the vid in too.
+    let h = oid.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 40) as usize % STRIPES
+}
+
+impl Store {
+    /// Opens (creating if needed) the object directory, removes temporary
+    /// files left by a crash and sums the object sizes.
+    pub fn open(dir: &Path, fd_cache: usize) -> io::Result<Store> {
+        std::fs::create_dir_all(dir)?;
+        let mut used = 0u64;
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.contains(".tmp") {
+                // A create that never reached its rename: never acknowledged.
+                tracing::info!(file = %name, "removing leftover temporary object");
+                std::fs::remove_file(e.path())?;
+                continue;
+            }
+            if parse_name(&name).is_some() {
+                used += e.metadata()?.len();
+            }
+        }
+        let cap = NonZeroUsize::new(fd_cache.max(16)).unwrap_or(NonZeroUsize::MIN);
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            fds: Mutex::new(LruCache::new(cap)),
+            locks: (0..STRIPES).map(|_| RwLock::new(())).collect(),
+            dirty: Mutex::new(HashMap::new()),
+            used: AtomicU64::new(used),
+            tmp_seq: AtomicU64::new(0),
+        })
+    }
+
+    fn path(&self, oid: u64) -> PathBuf {
+        self.dir.join(obj_name(oid))
+    }
+
+    pub fn lock_shared(&self, oid: u64) -> Guard<'_> {
+        Guard::Shared(self.locks[stripe(oid)].read())
+    }
+
+    /// Exclusive access to `oid` for a read-modify-write sequence. Use the
+    /// `*_locked` methods while holding it; never take a second guard.
+    pub fn lock(&self, oid: u64) -> Guard<'_> {
+        Guard::Exclusive(self.locks[stripe(oid)].write())
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn handle(&self, oid: u64) -> OpResult<Handle> {
+        if let Some(h) = self.fds.lock().get(&oid) {
+            return Ok(h.clone());
+        }
+        let path = self.path(oid);
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SdRes::NO_OBJ),
+            Err(e) => return Err(io_res(&e, "open", &path)),
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| io_res(&e, "stat", &path))?
+            .len();
+        let h = Handle {
+            file: Arc::new(file),
+            size,
+        };
+        self.fds.lock().put(oid, h.clone());
+        Ok(h)
+    }
+
+    fn forget(&self, oid: u64) {
+        self.fds.lock().pop(&oid);
+    }
+
+    pub fn exists(&self, oid: u64) -> bool {
+        let _g = self.lock_shared(oid);
+        self.exists_locked(oid)
+    }
+
+    pub fn exists_locked(&self, oid: u64) -> bool {
+        self.fds.lock().contains(&oid) || self.path(oid).exists()
+    }
+
+    /// Size of an existing object.
+    pub fn size_locked(&self, oid: u64) -> OpResult<u64> {
+        Ok(self.handle(oid)?.size)
+    }
+
+    pub fn read(&self, oid: u64, offset: u64, buf: &mut [u8]) -> OpResult<()> {
+        let _g = self.lock_shared(oid);
+        self.read_locked(oid, offset, buf)
+    }
+
+    /// Reads exactly `buf.len()` bytes; a range past the end of the object is
+    /// INVALID_PARMS (the object sizes are fixed, so this is a client error).
+    pub fn read_locked(&self, oid: u64, offset: u64, buf: &mut [u8]) -> OpResult<()> {
+        let h = self.handle(oid)?;
+        check_range(oid, offset, buf.len(), h.size)?;
+        h.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| io_res(&e, "read", &self.path(oid)))
+    }
+
+    pub fn write(&self, oid: u64, offset: u64, data: &[u8], sync: bool) -> OpResult<()> {
+        let _g = self.lock_shared(oid);
+        self.write_locked(oid, offset, data, sync)
+    }
+
+    /// Writes into an existing object; NO_OBJ if it does not exist.
+    pub fn write_locked(&self, oid: u64, offset: u64, data: &[u8], sync: bool) -> OpResult<()> {
+        let h = self.handle(oid)?;
+        check_range(oid, offset, data.len(), h.size)?;
+        let path = || self.path(oid);
+        h.file
+            .write_all_at(data, offset)
+            .map_err(|e| io_res(&e, "write", &path()))?;
+        if sync {
+            h.file
+                .sync_data()
+                .map_err(|e| io_res(&e, "fdatasync", &path()))?;
+        } else {
+            self.dirty
+                .lock()
+                .entry(oid::oid_to_vid(oid))
+                .or_default()
+                .insert(oid);
+        }
+        Ok(())
+    }
+
+    pub fn create(&self, oid: u64, size: u64, parts: &[(u64, &[u8])]) -> OpResult<()> {
+        let _g = self.lock(oid);
+        self.create_locked(oid, size, parts)
+    }
+
+    /// Creates (or replaces) `oid` as a `size`-byte object that is all zeros
+    /// except `parts` (offset, bytes). Atomic and durable when it returns Ok.
+    pub fn create_locked(&self, oid: u64, size: u64, parts: &[(u64, &[u8])]) -> OpResult<()> {
+        for (off, data) in parts {
+            check_range(oid, *off, data.len(), size)?;
+        }
+        let path = self.path(oid);
+        let tmp = self.dir.join(format!(
+            "{}.tmp.{}",
+            obj_name(oid),
+            self.tmp_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let res = (|| -> io::Result<File> {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            // A fresh file is one hole: only non-zero data needs writing.
+            f.set_len(size)?;
+            for (off, data) in parts {
+                write_sparse(&f, data, *off)?;
+            }
+            f.sync_all()?;
+            Ok(f)
+        })();
+        let file = match res {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io_res(&e, "create", &path));
+            }
+        };
+        let old = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_res(&e, "rename", &path));
+        }
+        // The rename is durable only once the directory is.
+        if let Err(e) = self.sync_dir() {
+            return Err(io_res(&e, "fsync directory of", &path));
+        }
+        self.used.fetch_add(size, Ordering::Relaxed);
+        self.used
+            .fetch_sub(old.min(self.used_bytes()), Ordering::Relaxed);
+        self.fds.lock().put(
+            oid,
+            Handle {
+                file: Arc::new(file),
+                size,
+            },
+        );
+        if let Some(set) = self.dirty.lock().get_mut(&oid::oid_to_vid(oid)) {
+            set.remove(&oid);
+        }
+        Ok(())
+    }
+
+    pub fn remove(&self, oid: u64) -> OpResult<()> {
+        let _g = self.lock(oid);
+        self.remove_locked(oid)
+    }
+
+    pub fn remove_locked(&self, oid: u64) -> OpResult<()> {
+        let path = self.path(oid);
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        self.forget(oid);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SdRes::NO_OBJ),
+            Err(e) => return Err(io_res(&e, "remove", &path)),
+        }
+        if let Some(set) = self.dirty.lock().get_mut(&oid::oid_to_vid(oid)) {
+            set.remove(&oid);
+        }
+        self.used
+            .fetch_sub(size.min(self.used_bytes()), Ordering::Relaxed);
+        self.sync_dir()
+            .map_err(|e| io_res(&e, "fsync directory of", &path))
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Makes every cached write of `vid` durable (FLUSH_VDI).
+    pub fn sync_vid(&self, vid: u32) -> OpResult<()> {
+        let oids = self.dirty.lock().remove(&vid).unwrap_or_default();
+        let mut res = Ok(());
+        for oid in oids {
+            let _g = self.lock_shared(oid);
+            match self.handle(oid) {
+                Ok(h) => {
+                    if let Err(e) = h.file.sync_data() {
+                        res = Err(io_res(&e, "fdatasync", &self.path(oid)));
+                        // Keep it dirty so a later flush retries.
+                        self.dirty.lock().entry(vid).or_default().insert(oid);
+                    }
+                }
+                Err(SdRes::NO_OBJ) => {}
+                Err(e) => res = Err(e),
+            }
+        }
+        res
+    }
+
+    /// Syncs every cached write (shutdown).
+    pub fn sync_all(&self) -> OpResult<()> {
+        let vids: Vec<u32> = self.dirty.lock().keys().copied().collect();
+        let mut res = Ok(());
+        for vid in vids {
+            if let Err(e) = self.sync_vid(vid) {
+                res = Err(e);
+            }
+        }
+        res
+    }
+
+    /// Every stored oid, ascending.
+    pub fn list(&self) -> OpResult<Vec<u64>> {
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| io_res(&e, "list", &self.dir))?;
+        let mut v: Vec<u64> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| parse_name(&e.file_name().to_string_lossy()))
+            .collect();
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Removes every object (MAKE_FS).
+    pub fn wipe(&self) -> OpResult<()> {
+        for oid in self.list()? {
+            match self.remove(oid) {
+                Ok(()) | Err(SdRes::NO_OBJ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.dirty.lock().clear();
+        Ok(())
+    }
+}
+
+fn parse_name(name: &str) -> Option<u64> {
+    if name.len() == 16 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        u64::from_str_radix(name, 16).ok()
+    } else {
+        None
+    }
+}
+
+fn check_range(oid: u64, offset: u64, len: usize, size: u64) -> OpResult<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => {
+            tracing::warn!(
+                oid = format_args!("{oid:016x}"),
+                offset,
+                len,
+                size,
+                "request beyond the end of the object"
+            );
+            Err(SdRes::INVALID_PARMS)
+        }
+    }
+}
+
+/// Writes `data` at `off` into a file known to be zero there, skipping zero runs.
+fn write_sparse(f: &File, data: &[u8], off: u64) -> io::Result<()> {
+    let mut pos = 0;
+    while pos < data.len() {
+        let end = (pos + SPARSE_CHUNK).min(data.len());
+        // Extend a non-zero run as long as chunks are non-zero, to write big blocks.
+        if data[pos..end].iter().all(|&b| b == 0) {
+            pos = end;
+            continue;
+        }
+        let mut run_end = end;
+        while run_end < data.len() {
+            let next = (run_end + SPARSE_CHUNK).min(data.len());
+            if data[run_end..next].iter().all(|&b| b == 0) {
+                break;
+            }
+            run_end = next;
+        }
+        f.write_all_at(&data[pos..run_end], off + pos as u64)?;
+        pos = run_end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_read_write_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), 16).unwrap();
+        let oid = oid::vid_to_data_oid(7, 1);
+        assert_eq!(s.write(oid, 0, b"x", true), Err(SdRes::NO_OBJ));
+        s.create(oid, 1 << 20, &[(4096, b"hello")]).unwrap();
+        let mut b = vec![0u8; 8];
+        s.read(oid, 4094, &mut b).unwrap();
+        assert_eq!(&b, b"\0\0hello\0");
+        s.write(oid, 0, b"abc", false).unwrap();
+        s.sync_vid(7).unwrap();
+        let mut b = vec![0u8; 3];
+        s.read(oid, 0, &mut b).unwrap();
+        assert_eq!(&b, b"abc");
+        assert_eq!(
+            s.read(oid, (1 << 20) - 1, &mut b),
+            Err(SdRes::INVALID_PARMS)
+        );
+        assert_eq!(s.used_bytes(), 1 << 20);
+        // Replace: the new object is all zeros except the new data.
+        s.create(oid, 1 << 20, &[]).unwrap();
+        s.read(oid, 0, &mut b).unwrap();
+        assert_eq!(&b, &[0, 0, 0]);
+        assert_eq!(s.used_bytes(), 1 << 20);
+        assert_eq!(s.list().unwrap(), vec![oid]);
+        s.remove(oid).unwrap();
+        assert_eq!(s.remove(oid), Err(SdRes::NO_OBJ));
+        assert_eq!(s.used_bytes(), 0);
+        // Leftover temporary files vanish on open.
+        std::fs::write(d.path().join("0000000700000001.tmp.3"), b"junk").unwrap();
+        let s = Store::open(d.path(), 16).unwrap();
+        assert!(s.list().unwrap().is_empty());
+        assert!(!d.path().join("0000000700000001.tmp.3").exists());
+    }
+
+    #[test]
+    fn sparse_writes_keep_data() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), 16).unwrap();
+        let mut data = vec![0u8; 300_000];
+        data[70_000] = 1;
+        data[299_999] = 2;
+        s.create(1, 400_000, &[(10, &data)]).unwrap();
+        let mut b = vec![9u8; 300_000];
+        s.read(1, 10, &mut b).unwrap();
+        assert_eq!(b, data);
+    }
+}
