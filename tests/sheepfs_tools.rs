@@ -162,6 +162,8 @@ fn fio(vol: &Path, name: &str, extra: &[&str]) {
         "--verify=crc32c",
         "--do_verify=1",
         "--verify_fatal=1",
+        // No state file in the current directory.
+        "--verify_state_save=0",
         "--fallocate=none",
         "--randseed=42",
         "--output-format=terse",
