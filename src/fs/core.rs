@@ -969,12 +969,14 @@ impl FsCore {
             v.by_ino.clear();
             std::mem::take(&mut v.by_name).into_values().collect()
         };
-        for a in all {
-            match self.close_volume(&a).await {
+        // In parallel: with a dead server each close waits for the timeout.
+        futures::future::join_all(all.iter().map(|a| async move {
+            match self.close_volume(a).await {
                 Ok(()) => info!(volume = %a.file, "detached"),
                 Err(e) => warn!("{e}"),
             }
-        }
+        }))
+        .await;
         self.handles.write().clear();
     }
 }
