@@ -535,6 +535,7 @@ fn command_line() {
         (vec!["--port", "x", &d], "invalid port"),
         (vec!["--cache-size", "12Q", &d], "Invalid size"),
         (vec!["--bogus", &d], "--bogus"),
+        (vec!["--socket", "/tmp/s", "-p", "7001", &d], "cannot be used with"),
         (
             vec!["-f", "/nonexistent/sheepfs-mnt"],
             "/nonexistent/sheepfs-mnt",

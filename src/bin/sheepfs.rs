@@ -37,7 +37,7 @@ struct Args {
     port: u16,
 
     /// Talk to sheep over its unix socket (STORE_DIR/sock) instead of TCP.
-    #[arg(long = "socket", value_name = "PATH")]
+    #[arg(long = "socket", value_name = "PATH", conflicts_with_all = ["address", "port"])]
     socket: Option<PathBuf>,
 
     /// Debug output (every request); implies --foreground.
@@ -102,13 +102,17 @@ fn parse_cache_size(s: &str) -> Result<u64, String> {
 
 fn main() {
     let args = Args::parse();
-    // Paths must be absolute before the daemon changes directory.
+    // Paths must be absolute before the daemon changes to /.
     let mnt = match check_mountpoint(&args.mountpoint) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("sheepfs: {e:#}");
             std::process::exit(1);
         }
+    };
+    let addr = match &args.socket {
+        Some(p) => SheepAddr::Unix(std::path::absolute(p).unwrap_or_else(|_| p.clone())),
+        None => SheepAddr::tcp(args.address.clone(), args.port),
     };
     let foreground = args.foreground || args.debug;
     let mut ready = if foreground {
@@ -123,7 +127,7 @@ fn main() {
         }
     };
     init_logging(&args, ready.is_daemon());
-    let code = match run(&args, mnt, &mut ready) {
+    let code = match run(&args, addr, mnt, &mut ready) {
         Ok(()) => 0,
         Err(e) => {
             let msg = format!("{e:#}");
@@ -171,14 +175,7 @@ fn init_logging(args: &Args, daemon: bool) {
     }
 }
 
-fn run(args: &Args, mnt: PathBuf, ready: &mut daemon::Ready) -> Result<()> {
-    let addr = match &args.socket {
-        Some(p) => {
-            let p = std::path::absolute(p).unwrap_or_else(|_| p.clone());
-            SheepAddr::Unix(p)
-        }
-        None => SheepAddr::tcp(args.address.clone(), args.port),
-    };
+fn run(args: &Args, addr: SheepAddr, mnt: PathBuf, ready: &mut daemon::Ready) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)))
         .thread_name("sheepfs-io")

@@ -14,7 +14,8 @@ pub struct Ready {
 
 /// Forks. The parent waits for the child's report and exits with 0 once
 /// the mount is up, or prints the child's error and exits with 1; it never
-/// returns. The child returns in a new session, with stdio on /dev/null.
+/// returns. The child returns in a new session, in `/`, with stdio on
+/// /dev/null.
 ///
 /// Must be called before any thread is started (tokio, FUSE).
 pub fn daemonize() -> io::Result<Ready> {
@@ -30,9 +31,11 @@ pub fn daemonize() -> io::Result<Ready> {
         -1 => Err(io::Error::last_os_error()),
         0 => {
             drop(rd);
-            // SAFETY: plain syscalls in the child.
+            // SAFETY: plain syscalls in the child. Leaving the working
+            // directory keeps it from being busy for as long as we run.
             unsafe {
                 libc::setsid();
+                libc::chdir(c"/".as_ptr());
             }
             redirect_stdio()?;
             Ok(Ready {
