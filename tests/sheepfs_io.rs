@@ -156,7 +156,11 @@ fn clone_writes_leave_parent_and_snapshot() {
     // And the parent's own writes stay out of the clone.
     let b = rw(&m, "base");
     b.write_all_at(&pattern(4096, 42), 8 << 20).unwrap();
-    assert_eq!(pread_exact(&c, 8 << 20, 4096), orig[8 << 20..][..4096]);
+    assert_bytes(
+        &pread_exact(&c, 8 << 20, 4096),
+        &orig[8 << 20..][..4096],
+        "data",
+    );
 }
 
 /// A snapshot taken by someone else while the volume is attached: later
@@ -215,7 +219,7 @@ fn end_of_volume_and_truncate() {
     let e = f.write_at(b"x", size + (1 << 20)).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
     assert_eq!(f.write_at(&[7u8; 100], size - 40).unwrap(), 40);
-    assert_eq!(pread_exact(&f, size - 40, 40), vec![7u8; 40]);
+    assert_bytes(&pread_exact(&f, size - 40, 40), &[7u8; 40], "data");
     // dd past the end reports the error.
     let (ok, _, err) = sh(
         "dd",
@@ -243,7 +247,7 @@ fn end_of_volume_and_truncate() {
         .text()
         .contains(&(12u64 << 20).to_string()));
     f.write_all_at(&pattern(4096, 3), 11 << 20).unwrap();
-    assert_eq!(pread_exact(&f, 11 << 20, 4096), pattern(4096, 3));
+    assert_bytes(&pread_exact(&f, 11 << 20, 4096), &pattern(4096, 3), "data");
     // Shrink is refused, the size stays.
     let e = f.set_len(4 << 20).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
@@ -260,7 +264,7 @@ fn end_of_volume_and_truncate() {
         std::fs::metadata(m.p("volume/vol")).unwrap().len(),
         12 << 20
     );
-    assert_eq!(pread_exact(&f, 11 << 20, 4096), pattern(4096, 3));
+    assert_bytes(&pread_exact(&f, 11 << 20, 4096), &pattern(4096, 3), "data");
 }
 
 fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> std::io::Result<()> {

@@ -153,10 +153,10 @@ fn dead_server_timeout_then_recovery() {
     assert_eq!(e.raw_os_error(), Some(libc::EIO));
     s.spawn();
     f.read_exact_at(&mut rb[ro..ro + 4096], 8192).unwrap();
-    assert_eq!(&rb[ro..ro + 4096], &d[..]);
+    assert_bytes(&rb[ro..ro + 4096], &d, "data after recovery");
     f.write_all_at(&buf[o..o + 4096], 0).unwrap();
     f.read_exact_at(&mut rb[ro..ro + 4096], 0).unwrap();
-    assert_eq!(&rb[ro..ro + 4096], &d[..]);
+    assert_bytes(&rb[ro..ro + 4096], &d, "data after recovery");
     assert!(m.read_string("cluster/info").contains("running"));
     let st = m.stats("vol");
     assert!(st["errors"].parse::<u64>().unwrap() >= 2, "{st:?}");

@@ -175,10 +175,10 @@ fn attach_working_and_snapshots() {
 
     m.attach("vol");
     let f = File::open(m.p("volume/vol")).unwrap();
-    assert_eq!(
-        pread_exact(&f, 0, 65536),
-        b,
-        "working VDI has the latest data"
+    assert_bytes(
+        &pread_exact(&f, 0, 65536),
+        &b,
+        "working VDI has the latest data",
     );
     let md = std::fs::metadata(m.p("volume/vol")).unwrap();
     assert_eq!(md.len(), 64 << 20);
@@ -193,10 +193,10 @@ fn attach_working_and_snapshots() {
 
     m.attach("vol@s1");
     let f1 = File::open(m.p("volume/vol@s1")).unwrap();
-    assert_eq!(
-        pread_exact(&f1, 0, 65536),
-        a,
-        "snapshot s1 has the old data"
+    assert_bytes(
+        &pread_exact(&f1, 0, 65536),
+        &a,
+        "snapshot s1 has the old data",
     );
     let e = OpenOptions::new()
         .write(true)
@@ -208,14 +208,16 @@ fn attach_working_and_snapshots() {
         0o444
     );
     m.attach("vol@1");
-    assert_eq!(
-        pread_exact(&File::open(m.p("volume/vol@1")).unwrap(), 0, 65536),
-        a
+    assert_bytes(
+        &pread_exact(&File::open(m.p("volume/vol@1")).unwrap(), 0, 65536),
+        &a,
+        "data",
     );
     m.attach("vol@s2");
-    assert_eq!(
-        pread_exact(&File::open(m.p("volume/vol@s2")).unwrap(), 0, 65536),
-        b
+    assert_bytes(
+        &pread_exact(&File::open(m.p("volume/vol@s2")).unwrap(), 0, 65536),
+        &b,
+        "data",
     );
 
     // Attaching again is a no-op.
@@ -390,14 +392,14 @@ fn sheep_info_reconnects_volumes() {
         format!("unix:{}\n", sock.display())
     );
     f.write_all_at(&pattern(4096, 6), 8192).unwrap();
-    assert_eq!(pread_exact(&f, 4096, 4096), pattern(4096, 5));
-    assert_eq!(pread_exact(&f, 8192, 4096), pattern(4096, 6));
+    assert_bytes(&pread_exact(&f, 4096, 4096), &pattern(4096, 5), "data");
+    assert_bytes(&pread_exact(&f, 8192, 4096), &pattern(4096, 6), "data");
     m.write_ctl(
         "config/sheep_info",
         format!("127.0.0.1:{}", s.port).as_bytes(),
     )
     .unwrap();
-    assert_eq!(pread_exact(&f, 8192, 4096), pattern(4096, 6));
+    assert_bytes(&pread_exact(&f, 8192, 4096), &pattern(4096, 6), "data");
     assert!(m.read_string("cluster/info").contains("running"));
 }
 
@@ -462,9 +464,10 @@ fn read_only_mount() {
         .unwrap();
     // The read-only attachment notices the new object within a second.
     std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(
-        pread_exact(&File::open(ro.p("volume/vol")).unwrap(), 0, 512),
-        pattern(512, 7)
+    assert_bytes(
+        &pread_exact(&File::open(ro.p("volume/vol")).unwrap(), 0, 512),
+        &pattern(512, 7),
+        "data",
     );
 }
 
@@ -485,7 +488,7 @@ fn unix_socket_mount() {
         .open(m.p("volume/vol"))
         .unwrap();
     f.write_all_at(&pattern(10000, 9), 4 << 20).unwrap();
-    assert_eq!(pread_exact(&f, 4 << 20, 10000), pattern(10000, 9));
+    assert_bytes(&pread_exact(&f, 4 << 20, 10000), &pattern(10000, 9), "data");
 }
 
 #[test]
@@ -535,7 +538,10 @@ fn command_line() {
         (vec!["--port", "x", &d], "invalid port"),
         (vec!["--cache-size", "12Q", &d], "Invalid size"),
         (vec!["--bogus", &d], "--bogus"),
-        (vec!["--socket", "/tmp/s", "-p", "7001", &d], "cannot be used with"),
+        (
+            vec!["--socket", "/tmp/s", "-p", "7001", &d],
+            "cannot be used with",
+        ),
         (
             vec!["-f", "/nonexistent/sheepfs-mnt"],
             "/nonexistent/sheepfs-mnt",
@@ -636,4 +642,53 @@ fn is_zombie(pid: u32) -> bool {
                 .is_some_and(|r| r.trim_start().starts_with('Z'))
         })
         .unwrap_or(true)
+}
+
+/// SIGTERM while a volume is in use: the mount is detached lazily, the
+/// open file keeps working until closed, then sheepfs exits and releases
+/// the lock; everything written is on the server.
+#[test]
+fn sigterm_while_busy() {
+    let s = SheepLite::start();
+    s.ctl(&["cluster", "format", "-l"]).assert_ok();
+    s.ctl(&["vdi", "create", "vol", "16M"]).assert_ok();
+    let mut m = Mount::start(&s, &[]);
+    m.attach("vol");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.p("volume/vol"))
+        .unwrap();
+    f.write_all_at(&pattern(65536, 1), 0).unwrap();
+    let pid = m.pid().expect("pid") as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_mounted(&m.mnt) {
+        assert!(Instant::now() < deadline, "not detached after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Still served through the open file.
+    for i in 1..20u64 {
+        f.write_all_at(&pattern(65536, i as u8), i * 65536)
+            .unwrap_or_else(|e| panic!("write {i} after SIGTERM: {e}\n{}", m.log_text()));
+    }
+    assert_bytes(&pread_exact(&f, 65536, 65536), &pattern(65536, 1), "data");
+    drop(f);
+    let st = m
+        .terminate()
+        .expect("sheepfs exits once the file is closed");
+    assert!(st.success(), "{st}: {}", m.log_text());
+    let data = s
+        .ctl(&["vdi", "read", "vol", "0", "1310720"])
+        .assert_ok()
+        .stdout
+        .clone();
+    for i in 0..20usize {
+        let want = pattern(65536, i.max(1) as u8);
+        assert!(data[i * 65536..][..65536] == want[..], "block {i} differs");
+    }
+    // The lock is free again.
+    let m2 = Mount::start(&s, &[]);
+    m2.attach("vol");
 }

@@ -14,10 +14,10 @@ use fuser::{
 };
 use std::ffi::OsStr;
 use std::future::Future;
-use std::task::{Context, Waker};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug_span, Instrument, Span};
 

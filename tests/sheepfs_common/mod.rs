@@ -366,3 +366,16 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
+
+/// Compares data without printing megabytes when it differs.
+#[track_caller]
+pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let first = got.iter().zip(want).position(|(a, b)| a != b);
+        panic!(
+            "{what}: got {} bytes, expected {}; first difference at {first:?}",
+            got.len(),
+            want.len()
+        );
+    }
+}
