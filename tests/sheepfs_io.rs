@@ -557,15 +557,15 @@ fn object_cache_fsync() {
     );
 }
 
-/// With 10 volumes attached and used, sheepfs stays under 64 MiB RSS.
-#[test]
-fn memory_with_ten_volumes() {
+/// With 10 volumes attached and used, sheepfs stays under 64 MiB RSS, plus
+/// the cache budget with -k (here 32 MiB, while 160 MiB are read).
+fn memory_with_ten_volumes(opts: &[&str], budget_mib: u64) {
     let s = SheepLite::start_formatted();
     for i in 0..10 {
         s.ctl(&["vdi", "create", &format!("v{i}"), "1G"])
             .assert_ok();
     }
-    let m = Mount::start(&s, &[]);
+    let m = Mount::start(&s, opts);
     let d = noise(4 << 20, 11);
     for i in 0..10 {
         let n = format!("v{i}");
@@ -574,6 +574,16 @@ fn memory_with_ten_volumes() {
         for k in 0..4u64 {
             f.write_all_at(&d, k * (256 << 20)).unwrap();
         }
+    }
+    // Drop the kernel's pages (and our objects), so that with -k the reads
+    // below go through sheepfs's object cache: 160 MiB through its budget.
+    m.write_ctl(
+        "config/page_cache",
+        m.read_string("config/page_cache").as_bytes(),
+    )
+    .unwrap();
+    for i in 0..10 {
+        let f = rw(&m, &format!("v{i}"));
         for k in 0..4u64 {
             assert_eq!(
                 sha256(&pread_exact(&f, k * (256 << 20), d.len())),
@@ -581,10 +591,25 @@ fn memory_with_ten_volumes() {
             );
         }
     }
+    if budget_mib > 0 {
+        let st = m.stats("v9");
+        assert!(st["cache_misses"].parse::<u64>().unwrap() > 0, "{st:?}");
+    }
     let rss = rss_kib(m.pid().expect("pid"));
+    eprintln!("sheepfs {opts:?}: RSS with 10 volumes attached: {rss} KiB");
     assert!(rss > 0);
     assert!(
-        rss < 64 * 1024,
-        "sheepfs RSS {rss} KiB with 10 volumes attached"
+        rss < (64 + budget_mib) * 1024,
+        "sheepfs {opts:?}: RSS {rss} KiB with 10 volumes attached"
     );
+}
+
+#[test]
+fn memory_ten_volumes() {
+    memory_with_ten_volumes(&[], 0);
+}
+
+#[test]
+fn memory_ten_volumes_cached() {
+    memory_with_ten_volumes(&["-k", "--cache-size", "32M"], 32);
 }
