@@ -234,7 +234,7 @@ pub fn mount(
 
 /// Capabilities we ask for beyond fuser's defaults (ASYNC_READ, BIG_WRITES,
 /// MAX_PAGES).
-fn wanted_caps() -> [InitFlags; 4] {
+fn wanted_caps() -> [InitFlags; 3] {
     [
         // Several O_DIRECT requests of one io_submit in flight at once.
         InitFlags::FUSE_ASYNC_DIO,
@@ -242,7 +242,6 @@ fn wanted_caps() -> [InitFlags; 4] {
         // O_TRUNC arrives with open instead of as a truncate, so it can be
         // ignored on volumes (fixed size) and control files (`echo x > f`).
         InitFlags::FUSE_ATOMIC_O_TRUNC,
-        InitFlags::FUSE_SPLICE_READ,
     ]
 }
 
