@@ -693,3 +693,41 @@ impl Filesystem for FuseAdapter {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn inflight_waits_for_the_last_request() {
+        let inf = Arc::new(Inflight::default());
+        assert!(inf.wait_idle(Duration::from_millis(1)).await);
+        let g1 = inf.enter();
+        let g2 = inf.enter();
+        assert_eq!(inf.count(), 2);
+        assert!(!inf.wait_idle(Duration::from_millis(20)).await);
+        let t = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(g1);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(g2);
+        });
+        assert!(inf.wait_idle(Duration::from_secs(5)).await);
+        assert_eq!(inf.count(), 0);
+        t.await.unwrap();
+    }
+
+    #[test]
+    fn open_flags() {
+        let o = Opened {
+            fh: 1,
+            direct_io: true,
+            keep_cache: false,
+            parallel_direct_writes: true,
+        };
+        let f = fopen_flags(&o);
+        assert!(f.contains(FopenFlags::FOPEN_DIRECT_IO));
+        assert!(f.contains(FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES));
+        assert!(!f.contains(FopenFlags::FOPEN_KEEP_CACHE));
+    }
+}
