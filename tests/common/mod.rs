@@ -212,7 +212,9 @@ impl Out {
 
 /// Deterministic test data: pattern A of the captures (`i mod 251`), offset by `seed`.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| ((i % 251) as u8).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| ((i % 251) as u8).wrapping_add(seed))
+        .collect()
 }
 
 /// Path to `shared/reference` beside the checkout.
