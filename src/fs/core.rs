@@ -912,6 +912,11 @@ impl FsCore {
         self.page_cache.store(on, Ordering::Release);
         // Writing the file drops every cached object and page either way.
         self.cache.clear();
+        // The object cache follows the setting at once on attached volumes;
+        // the kernel's page cache (keep_cache/direct_io) follows on next open.
+        for a in self.volumes.read().by_name.values() {
+            a.vol.set_cache(on.then(|| self.cache.clone()));
+        }
         let inos: Vec<u64> = self.volumes.read().by_ino.keys().copied().collect();
         if let Some(inv) = self.invalidator.read().clone() {
             for ino in inos {
@@ -920,7 +925,7 @@ impl FsCore {
         }
         info!(
             page_cache = on,
-            "page cache setting changed (applies to later opens and attaches); caches dropped"
+            "page cache setting changed (object cache now, kernel page cache from the next open); caches dropped"
         );
     }
 
