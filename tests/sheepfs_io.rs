@@ -519,12 +519,29 @@ fn page_cache_write_through_and_drop() {
     want[5..1005].copy_from_slice(&pattern(1000, 8));
     assert_eq!(sha256(&read_direct()), sha256(&want));
     assert_eq!(sha256(&pread_exact(&f, 1 << 20, 2 << 20)), sha256(&want));
-    // Dropping the cache.
+    // Switching the cache off applies to the attached volume at once: reads
+    // neither hit nor fill it any more.
     m.write_ctl("config/page_cache", b"0\n").unwrap();
     assert_eq!(m.read_string("config/page_cache"), "0\n");
+    let counts = |m: &Mount| {
+        let st = m.stats("vol");
+        (st["cache_hits"].clone(), st["cache_misses"].clone())
+    };
+    let before = counts(&m);
     assert_eq!(sha256(&pread_exact(&f, 1 << 20, 2 << 20)), sha256(&want));
+    assert_eq!(sha256(&read_direct()), sha256(&want));
+    assert_eq!(
+        counts(&m),
+        before,
+        "cache still used after switching it off"
+    );
     m.write_ctl("config/page_cache", b"1\n").unwrap();
     assert_eq!(sha256(&read_direct()), sha256(&want));
+    let misses: u64 = m.stats("vol")["cache_misses"].parse().unwrap();
+    assert!(
+        misses > before.1.parse::<u64>().unwrap(),
+        "cache back on: refilled"
+    );
 }
 
 /// -o: writes carry CMD_CACHE, fsync sends FLUSH_VDI and succeeds;
