@@ -7,7 +7,11 @@ use std::path::PathBuf;
 
 /// A single-node Sheepdog server (sheep wire protocol on TCP and DIR/sock).
 #[derive(Parser, Debug)]
-#[command(name = "sheep-lite", version, about)]
+#[command(
+    name = "sheep-lite",
+    version,
+    about = "A single-node Sheepdog server: speaks sheep's wire protocol, stores objects under DIR"
+)]
 struct Args {
     /// Address to listen on; use 0.0.0.0 (or ::) for all interfaces. The node
     /// advertises this address (127.0.0.1 when it is unspecified).

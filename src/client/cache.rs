@@ -116,8 +116,9 @@ impl ObjectCache {
     }
 
     /// The cached object, or `fill()`'s result (inserted unless a write raced
-    /// with it). Concurrent callers for one oid share a single fill.
-    pub async fn get_or_fill<F, Fut, E>(&self, oid: u64, fill: F) -> Result<Arc<Vec<u8>>, E>
+    /// with it), and whether it was a hit. Concurrent callers for one oid
+    /// share a single fill.
+    pub async fn get_or_fill<F, Fut, E>(&self, oid: u64, fill: F) -> Result<(Arc<Vec<u8>>, bool), E>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Vec<u8>, E>>,
@@ -127,7 +128,7 @@ impl ObjectCache {
                 let mut g = self.inner.lock();
                 if let Some(v) = g.lru.get(&oid) {
                     self.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(v.clone());
+                    return Ok((v.clone(), true));
                 }
                 match g.filling.get(&oid) {
                     Some(f) => {
@@ -157,7 +158,7 @@ impl ObjectCache {
             let res = fill().await;
             let data = res.map(Arc::new);
             guard.finish(data.as_ref().ok());
-            return data;
+            return data.map(|d| (d, false));
         }
     }
 
@@ -224,6 +225,7 @@ mod tests {
                 })
                 .await
                 .unwrap()
+                .0
             }));
         }
         for t in tasks {
@@ -242,7 +244,8 @@ mod tests {
             .get_or_fill(1, || async { Ok::<_, ()>(vec![9u8; 4]) })
             .await
             .unwrap();
-        assert_eq!(*v, vec![9u8; 4]);
+        assert_eq!(*v.0, vec![9u8; 4]);
+        assert!(!v.1, "refilled after eviction: a miss");
     }
 
     #[tokio::test]
@@ -260,19 +263,21 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(*v, vec![0u8; 4]);
+        assert_eq!(*v.0, vec![0u8; 4]);
         assert_eq!(c.bytes(), 0, "racing fill must not be cached");
         let v = c
             .get_or_fill(5, || async { Ok::<_, ()>(vec![1, 2, 0, 0]) })
             .await
-            .unwrap();
+            .unwrap()
+            .0;
         assert_eq!(*v, vec![1, 2, 0, 0]);
         c.apply_write(5, 2, &[3, 4]);
         let v = c
             .get_or_fill(5, || async { Err::<Vec<u8>, ()>(()) })
             .await
             .unwrap();
-        assert_eq!(*v, vec![1, 2, 3, 4]);
+        assert_eq!(*v.0, vec![1, 2, 3, 4]);
+        assert!(v.1, "served from the cache: a hit");
         c.invalidate(5);
         assert!(c
             .get_or_fill(5, || async { Err::<Vec<u8>, ()>(()) })

@@ -1,5 +1,8 @@
-//! One pipelined connection: a writer task sends requests in order, a reader
-//! task matches replies to waiters by `id` (sheep replies in completion order).
+//! One pipelined connection. A caller finding the socket idle writes its
+//! request itself (no hop to another thread: FUSE threads call in from outside
+//! the runtime); otherwise a writer task sends queued requests in batches. A
+//! reader task matches replies to waiters by `id` (sheep replies in
+//! completion order).
 
 use super::pool::{Request, Response};
 use super::{Error, Result, SheepAddr};
@@ -7,7 +10,7 @@ use crate::proto::{ReqHeader, RspHeader, SD_RSP_SIZE};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -47,9 +50,15 @@ fn io_err(addr: &str, why: &str) -> Error {
     }
 }
 
+type Sink = tokio::sync::Mutex<BufWriter<Box<dyn AsyncWrite + Send + Unpin>>>;
+
 pub(crate) struct Conn {
     shared: Arc<Shared>,
+    /// The socket's write side, shared by direct writers and the writer task.
+    sink: Arc<Sink>,
     tx: mpsc::UnboundedSender<(Bytes, Bytes)>,
+    /// Messages handed to the writer task and not written yet.
+    queued: Arc<AtomicUsize>,
     next_id: AtomicU32,
 }
 
@@ -92,11 +101,19 @@ impl Conn {
             dead: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(shared.clone(), w, rx));
+        let boxed: Box<dyn AsyncWrite + Send + Unpin> = Box::new(w);
+        let sink = Arc::new(tokio::sync::Mutex::new(BufWriter::with_capacity(
+            256 * 1024,
+            boxed,
+        )));
+        let queued = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(writer(shared.clone(), sink.clone(), queued.clone(), rx));
         tokio::spawn(reader(shared.clone(), r));
         Conn {
             shared,
+            sink,
             tx,
+            queued,
             next_id: AtomicU32::new(0),
         }
     }
@@ -133,12 +150,33 @@ impl Conn {
         } else {
             Bytes::new()
         };
-        if self
-            .tx
-            .send((Bytes::copy_from_slice(&hdr.encode()), payload))
-            .is_err()
-        {
-            self.shared.kill("writer stopped");
+        let hdr = hdr.encode();
+        // Fast path: nobody is writing and nothing waits in the queue.
+        let direct = if self.queued.load(Ordering::Acquire) == 0 {
+            self.sink.try_lock().ok()
+        } else {
+            None
+        };
+        match direct {
+            Some(mut w) => {
+                // Dropped half-way (cancelled), the stream would be corrupt.
+                let guard = KillOnDrop(Some(&self.shared));
+                let res = write_msg(&mut w, &hdr, &payload, true).await;
+                guard.disarm();
+                if let Err(e) = res {
+                    self.shared.kill(&format!("send failed: {e}"));
+                }
+            }
+            None => {
+                self.queued.fetch_add(1, Ordering::AcqRel);
+                if self
+                    .tx
+                    .send((Bytes::copy_from_slice(&hdr), payload))
+                    .is_err()
+                {
+                    self.shared.kill("writer stopped");
+                }
+            }
         }
         match rx.await {
             Ok(r) => r,
@@ -154,22 +192,59 @@ impl Drop for Conn {
     }
 }
 
-async fn writer<W: AsyncWrite + Unpin>(
+async fn write_msg<W: AsyncWrite + Unpin>(
+    w: &mut BufWriter<W>,
+    hdr: &[u8],
+    payload: &[u8],
+    flush: bool,
+) -> std::io::Result<()> {
+    w.write_all(hdr).await?;
+    if !payload.is_empty() {
+        w.write_all(payload).await?;
+    }
+    if flush {
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+/// Kills the connection if a direct write is abandoned half-way.
+struct KillOnDrop<'a>(Option<&'a Shared>);
+
+impl KillOnDrop<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.0 {
+            s.kill("request abandoned while being sent");
+        }
+    }
+}
+
+async fn writer(
     shared: Arc<Shared>,
-    w: W,
+    sink: Arc<Sink>,
+    queued: Arc<AtomicUsize>,
     mut rx: mpsc::UnboundedReceiver<(Bytes, Bytes)>,
 ) {
-    let mut w = BufWriter::with_capacity(256 * 1024, w);
     while let Some((hdr, payload)) = rx.recv().await {
         if shared.dead.load(Ordering::Acquire) {
             break;
         }
-        let mut res = w.write_all(&hdr).await;
-        if res.is_ok() && !payload.is_empty() {
-            res = w.write_all(&payload).await;
+        let mut w = sink.lock().await;
+        let mut res = write_msg(&mut w, &hdr, &payload, false).await;
+        queued.fetch_sub(1, Ordering::AcqRel);
+        // Everything queued meanwhile goes out in the same flush.
+        while res.is_ok() {
+            let Ok((h, p)) = rx.try_recv() else { break };
+            res = write_msg(&mut w, &h, &p, false).await;
+            queued.fetch_sub(1, Ordering::AcqRel);
         }
-        // Flush only when nothing else is queued, so bursts go out together.
-        if res.is_ok() && rx.is_empty() {
+        if res.is_ok() {
             res = w.flush().await;
         }
         if let Err(e) = res {
@@ -177,7 +252,7 @@ async fn writer<W: AsyncWrite + Unpin>(
             break;
         }
     }
-    let _ = w.shutdown().await;
+    let _ = sink.lock().await.shutdown().await;
 }
 
 async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, r: R) {

@@ -136,7 +136,8 @@ pub struct Volume {
     object_cache: AtomicBool,
     /// vids written with CMD_CACHE since the last flush.
     dirty_vids: Mutex<HashSet<u32>>,
-    cache: Option<Arc<ObjectCache>>,
+    /// The client-side object cache, if any (can be switched while open).
+    cache: RwLock<Option<Arc<ObjectCache>>>,
     closed: AtomicBool,
     stats: Stats,
 }
@@ -251,7 +252,7 @@ impl Volume {
             btree_lock: tokio::sync::Mutex::new(()),
             object_cache: AtomicBool::new(opts.object_cache),
             dirty_vids: Mutex::new(HashSet::new()),
-            cache,
+            cache: RwLock::new(cache),
             closed: AtomicBool::new(false),
             stats: Stats::default(),
         }
@@ -354,14 +355,16 @@ impl Volume {
                 return Ok(vec![0u8; p.len]);
             }
             let doid = oid::vid_to_data_oid(vid, idx32(vid, p.idx)?);
-            let res = match &self.cache {
+            let cache = self.cache.read().clone();
+            let res = match &cache {
                 Some(cache) => {
                     let objsize = self.object_size() as u32;
                     let fl = self.io_flags();
                     cache
                         .get_or_fill(doid, || self.client.read_obj(doid, 0, objsize, fl))
                         .await
-                        .map(|obj| {
+                        .map(|(obj, hit)| {
+                            self.stats.count_cache(hit);
                             let start = p.off as usize;
                             obj.get(start..start + p.len).map(<[u8]>::to_vec)
                         })
@@ -448,7 +451,7 @@ impl Volume {
                     .await
                 {
                     Ok(()) => {
-                        if let Some(c) = &self.cache {
+                        if let Some(c) = self.cache.read().as_ref() {
                             c.apply_write(doid, off as usize, &data);
                         }
                         return Ok(());
@@ -482,7 +485,7 @@ impl Volume {
                 }
                 Err(e) => return Err(e),
             }
-            if let Some(c) = &self.cache {
+            if let Some(c) = self.cache.read().as_ref() {
                 c.invalidate(doid);
             }
             self.set_map(idx, own, gen).await?;
@@ -670,7 +673,7 @@ impl Volume {
                 }
             }
         }
-        if let Some(c) = &self.cache {
+        if let Some(c) = self.cache.read().as_ref() {
             c.invalidate(doid);
         }
         Ok(())
@@ -800,7 +803,11 @@ impl Volume {
             }
         }
         let inode = self.client.read_inode(id.vid, false).await?;
-        tracing::info!(vdi = %self.name, old = format_args!("{old:#x}"), new = format_args!("{:#x}", id.vid), "reloaded inode");
+        if id.vid != old {
+            tracing::info!(vdi = %self.name, old = format_args!("{old:#x}"), new = format_args!("{:#x}", id.vid), "working VDI moved (snapshot taken); following it");
+        } else {
+            tracing::debug!(vdi = %self.name, "reloaded inode");
+        }
         let mut s = self.state.write();
         s.header = inode.header;
         s.map = inode.map;
@@ -811,12 +818,19 @@ impl Volume {
 
     pub fn stats(&self) -> VolumeStats {
         let mut st = self.stats.snapshot();
-        if let Some(c) = &self.cache {
-            st.cache_hits = c.hits();
-            st.cache_misses = c.misses();
-        }
         st.reconnects = self.client.reconnects();
         st
+    }
+
+    /// Switches the client-side object cache on (`Some`) or off (`None`) for
+    /// later reads. Objects too large for the cache's budget are not cached.
+    pub fn set_cache(&self, cache: Option<Arc<ObjectCache>>) {
+        let size = self.object_size();
+        *self.cache.write() = cache.filter(|c| c.admits(size));
+    }
+
+    pub fn cache(&self) -> Option<Arc<ObjectCache>> {
+        self.cache.read().clone()
     }
 
     /// Flushes cached writes, releases the lock (if taken). I/O after close fails.
@@ -995,6 +1009,8 @@ struct Stats {
     bytes_written: AtomicU64,
     errors: AtomicU64,
     reloads: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
     read_lat: Hist,
     write_lat: Hist,
 }
@@ -1024,6 +1040,14 @@ impl Stats {
             }
         }
     }
+    fn count_cache(&self, hit: bool) {
+        let c = if hit {
+            &self.cache_hits
+        } else {
+            &self.cache_misses
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
     fn snapshot(&self) -> VolumeStats {
         VolumeStats {
             reads: self.reads.load(Ordering::Relaxed),
@@ -1032,6 +1056,8 @@ impl Stats {
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             reloads: self.reloads.load(Ordering::Relaxed),
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            cache_misses: self.cache_misses.load(Ordering::Relaxed),
             read_lat_us: self.read_lat.percentiles(),
             write_lat_us: self.write_lat.percentiles(),
             ..Default::default()

@@ -176,6 +176,8 @@ pub struct Sheep {
     dir: PathBuf,
     stats: Stats,
     misc: Mutex<Misc>,
+    /// Cached [`Sheep::max_payload`], refreshed whenever the state changes.
+    max_payload: AtomicU64,
 }
 
 impl Sheep {
@@ -187,6 +189,7 @@ impl Sheep {
             })?;
         let state_file = StateFile::new(dir);
         let state = state_file.load()?;
+        let max_payload = AtomicU64::new(payload_limit(&state));
         Ok(Sheep {
             store,
             state: RwLock::new(state),
@@ -200,6 +203,7 @@ impl Sheep {
                 recovery: [0; 24],
                 vnodes: crate::proto::SD_DEFAULT_VNODES as i32,
             }),
+            max_payload,
         })
     }
 
@@ -210,10 +214,7 @@ impl Sheep {
 
     /// Largest payload a request may legally carry.
     pub fn max_payload(&self) -> u64 {
-        self.state
-            .read()
-            .max_object_size()
-            .max(VDI_BITMAP_SIZE as u64)
+        self.max_payload.load(Ordering::Relaxed)
     }
 
     /// Size of the object `oid` names (for budgeting COW creates).
@@ -236,6 +237,8 @@ impl Sheep {
     pub(crate) fn commit(&self, f: impl FnOnce(&mut State)) -> OpResult<()> {
         f(&mut self.state.write());
         let st = self.state.read();
+        self.max_payload
+            .store(payload_limit(&st), Ordering::Relaxed);
         self.state_file
             .save(&st)
             .map_err(|e| io_res(&e, "save state", self.state_file.path()))
@@ -880,6 +883,11 @@ impl Sheep {
         }
         Ok(Reply::ok())
     }
+}
+
+/// Largest payload a request may carry for this state.
+fn payload_limit(st: &State) -> u64 {
+    st.max_object_size().max(VDI_BITMAP_SIZE as u64)
 }
 
 /// Object size of `oid` (`get_objsize`).

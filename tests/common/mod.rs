@@ -33,7 +33,30 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
+/// A free TCP port in `range` (tgt's sheepdog backing store only parses
+/// ports of at most 4 digits).
+pub fn free_port_in(range: std::ops::Range<u16>) -> u16 {
+    let span = (range.end - range.start).max(1) as u32;
+    let start = std::process::id() % span;
+    (0..span)
+        .map(|i| range.start + ((start + i) % span) as u16)
+        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("no free port in range")
+}
+
 impl SheepLite {
+    /// Starts an unformatted sheep-lite on a given port.
+    pub fn start_on(port: u16) -> SheepLite {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = SheepLite {
+            dir,
+            port,
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
     /// Starts an unformatted sheep-lite.
     pub fn start() -> SheepLite {
         let dir = tempfile::tempdir().expect("tempdir");
