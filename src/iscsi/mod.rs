@@ -24,8 +24,6 @@ pub mod server;
 pub mod task;
 pub mod text;
 
-#[cfg(test)]
-mod tests;
 
 pub use config::{Backing, Config, Credential, LunConfig, TargetConfig};
 pub use server::{Limits, Server};
