@@ -87,9 +87,13 @@ impl Tgtd {
 impl Drop for Tgtd {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // tgtd ignores SIGTERM while it has targets: SIGKILL by pid.
+            // tgtd ignores SIGTERM while it has targets: SIGKILL by pid,
+            // then remove the control socket it leaves behind.
             let _ = c.kill();
             let _ = c.wait();
+            for f in ["", ".lock"] {
+                let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}{f}", self.control));
+            }
         }
     }
 }
