@@ -158,6 +158,9 @@ impl Conn {
             None
         };
         match direct {
+            // A killed connection may hold a half-sent message: add nothing.
+            // (Our waiter has been failed by the kill.)
+            Some(_) if self.is_dead() => {}
             Some(mut w) => {
                 // Dropped half-way (cancelled), the stream would be corrupt.
                 let guard = KillOnDrop(Some(&self.shared));
@@ -231,28 +234,37 @@ async fn writer(
     queued: Arc<AtomicUsize>,
     mut rx: mpsc::UnboundedReceiver<(Bytes, Bytes)>,
 ) {
-    while let Some((hdr, payload)) = rx.recv().await {
-        if shared.dead.load(Ordering::Acquire) {
+    let dead = || shared.dead.load(Ordering::Acquire);
+    'outer: while let Some((hdr, payload)) = rx.recv().await {
+        let mut w = sink.lock().await;
+        // A direct writer abandoned half-way kills the connection before it
+        // lets go of the socket: nothing may follow its partial message.
+        let mut next = Some((hdr, payload));
+        while let Some((h, p)) = next.take() {
+            queued.fetch_sub(1, Ordering::AcqRel);
+            if dead() {
+                break 'outer;
+            }
+            if let Err(e) = write_msg(&mut w, &h, &p, false).await {
+                shared.kill(&format!("send failed: {e}"));
+                break 'outer;
+            }
+            // Everything queued meanwhile goes out in the same flush.
+            next = rx.try_recv().ok();
+        }
+        if dead() {
             break;
         }
-        let mut w = sink.lock().await;
-        let mut res = write_msg(&mut w, &hdr, &payload, false).await;
-        queued.fetch_sub(1, Ordering::AcqRel);
-        // Everything queued meanwhile goes out in the same flush.
-        while res.is_ok() {
-            let Ok((h, p)) = rx.try_recv() else { break };
-            res = write_msg(&mut w, &h, &p, false).await;
-            queued.fetch_sub(1, Ordering::AcqRel);
-        }
-        if res.is_ok() {
-            res = w.flush().await;
-        }
-        if let Err(e) = res {
+        if let Err(e) = w.flush().await {
             shared.kill(&format!("send failed: {e}"));
             break;
         }
     }
-    let _ = sink.lock().await.shutdown().await;
+    // Dropping the socket (not shutting it down) discards anything buffered
+    // for a dead connection instead of flushing a half message.
+    if !dead() {
+        let _ = sink.lock().await.shutdown().await;
+    }
 }
 
 async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, r: R) {

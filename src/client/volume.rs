@@ -457,7 +457,14 @@ impl Volume {
                         return Ok(());
                     }
                     Err(e) if self.snapshot_taken(&e) => self.reload_if(gen).await?,
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        // sheep may have applied it anyway (e.g. a timeout):
+                        // the cached copy can no longer be trusted.
+                        if let Some(c) = self.cache.read().as_ref() {
+                            c.invalidate(doid);
+                        }
+                        return Err(e);
+                    }
                 }
                 continue;
             }
@@ -488,9 +495,24 @@ impl Volume {
             if let Some(c) = self.cache.read().as_ref() {
                 c.invalidate(doid);
             }
-            self.set_map(idx, own, gen).await?;
+            self.set_map(idx, own, cur, gen).await?;
             return Ok(());
         }
+    }
+
+    /// Sets a flat map entry in memory unless the inode was reloaded since
+    /// generation `gen`; false if it was.
+    fn set_entry_if(&self, gen: u64, idx: u64, value: u32) -> bool {
+        let mut s = self.state.write();
+        if s.generation != gen {
+            return false;
+        }
+        if let DataMap::Flat(v) = &mut s.map {
+            if let Some(e) = v.get_mut(idx as usize) {
+                *e = value;
+            }
+        }
+        true
     }
 
     fn lookup(&self, idx: u64) -> (u32, u32, u64, u8) {
@@ -525,25 +547,26 @@ impl Volume {
             .await
     }
 
-    /// Records `data_vdi_id[idx] = vid` (our own vid, or 0 to unmap) in our
-    /// inode on the server, then in memory.
-    async fn set_map(&self, idx: u64, vid: u32, gen: u64) -> Result<()> {
-        let (own, hyper, copies) = {
-            let s = self.state.read();
-            (s.header.vdi_id, s.header.is_hyper(), s.header.nr_copies)
-        };
-        let i = idx32(own, idx)?;
-        if hyper {
+    /// Records `data_vdi_id[idx] = vid` (the owner of the object we just
+    /// created, or 0 to unmap) in the working VDI's inode on the server, then
+    /// in memory. `prev` is the entry before the change.
+    async fn set_map(&self, idx: u64, vid: u32, prev: u32, gen: u64) -> Result<()> {
+        let hyper = self.state.read().header.is_hyper();
+        if !hyper {
+            return self.set_flat_entry(idx, vid, prev).await;
+        }
+        {
             let _b = self.btree_lock.lock().await;
-            let (mut header, mut tree) = {
+            let (own, mut header, mut tree) = {
                 let s = self.state.read();
                 match &s.map {
-                    DataMap::Btree(t) => (s.header.clone(), t.clone()),
+                    DataMap::Btree(t) => (s.header.vdi_id, s.header.clone(), t.clone()),
                     DataMap::Flat(_) => {
                         return Err(Error::Invalid("flat map on a hyper volume".into()))
                     }
                 }
             };
+            let i = idx32(own, idx)?;
             let mut counter = header.btree_counter;
             let mut next = || {
                 counter += 1;
@@ -563,30 +586,61 @@ impl Volume {
                 s.map = DataMap::Btree(tree);
                 return Ok(());
             }
-        } else {
-            self.client
-                .write_obj(
-                    oid::vid_to_vdi_oid(own),
+        }
+        // The inode was reloaded while we allocated: take the server's view.
+        self.reload().await
+    }
+
+    /// Writes `data_vdi_id[idx] = value` into the working VDI's inode and
+    /// makes sure it landed there. Someone may snapshot the VDI at any moment:
+    /// sheep copies the map into the new working VDI, and a map write that
+    /// arrives after the copy lands in what is now the snapshot (inodes of
+    /// snapshots stay writable). So after each write we read `snap_ctime`;
+    /// non-zero means the VDI became a snapshot: an unmap puts the snapshot's
+    /// entry back (a snapshot never loses data to a discard that was still in
+    /// flight), then we follow the working VDI and write the entry there.
+    async fn set_flat_entry(&self, idx: u64, value: u32, mut prev: u32) -> Result<()> {
+        loop {
+            let (own, gen, copies) = {
+                let s = self.state.read();
+                (s.header.vdi_id, s.generation, s.header.nr_copies)
+            };
+            let i = idx32(own, idx)?;
+            let ioid = oid::vid_to_vdi_oid(own);
+            let off = inode::data_vdi_id_offset(i) as u32;
+            let put = |v: u32| {
+                self.client.write_obj(
+                    ioid,
                     0,
-                    inode::data_vdi_id_offset(i) as u32,
-                    Bytes::copy_from_slice(&vid.to_le_bytes()),
+                    off,
+                    Bytes::copy_from_slice(&v.to_le_bytes()),
                     0,
                     false,
                     copies,
                 )
+            };
+            put(value).await?;
+            let b = self
+                .client
+                .read_obj(ioid, inode::SNAP_CTIME_OFFSET as u32, 8, 0)
                 .await?;
-            let mut s = self.state.write();
-            if s.generation == gen {
-                if let DataMap::Flat(v) = &mut s.map {
-                    if let Some(e) = v.get_mut(idx as usize) {
-                        *e = vid;
-                    }
+            if crate::proto::bytes::get_u64(&b, 0) == 0 {
+                if self.set_entry_if(gen, idx, value) {
+                    return Ok(());
                 }
+                // Reloaded meanwhile (by another writer): take the server's view.
+                return self.reload().await;
+            }
+            if value == 0 && prev != 0 {
+                put(prev).await?;
+            }
+            self.reload_if(gen).await?;
+            let now = self.lookup(idx).1;
+            if now == value {
                 return Ok(());
             }
+            prev = now;
         }
-        // The inode was reloaded while we allocated: take the server's view.
-        self.reload().await
     }
 
     // ---------------------------------------------------------------- discard
@@ -631,52 +685,44 @@ impl Volume {
 
     async fn unmap(&self, idx: u64) -> Result<()> {
         let _a = self.alloc.lock(idx).await;
-        let (own, cur, gen, copies) = self.lookup(idx);
-        if cur == 0 {
-            return Ok(());
-        }
-        let i = idx32(own, idx)?;
-        let doid = oid::vid_to_data_oid(own, i);
-        let hyper = self.state.read().header.is_hyper();
-        if hyper {
-            self.set_map(idx, 0, gen).await?;
-            if cur == own {
-                match self.client.remove_obj(doid).await {
-                    Err(e) if !e.is(SdRes::NO_OBJ) => return Err(e),
-                    _ => {}
-                }
+        loop {
+            let (own, cur, gen, _) = self.lookup(idx);
+            if cur == 0 {
+                return Ok(());
             }
-        } else {
-            if cur == own {
-                // sheep clears data_vdi_id[idx] and removes the object.
-                self.client.discard_obj(doid).await?;
-            } else {
-                // Shared with an ancestor: only our map entry goes.
-                self.client
-                    .write_obj(
-                        oid::vid_to_vdi_oid(own),
-                        0,
-                        inode::data_vdi_id_offset(i) as u32,
-                        Bytes::copy_from_slice(&0u32.to_le_bytes()),
-                        0,
-                        false,
-                        copies,
-                    )
-                    .await?;
-            }
-            let mut s = self.state.write();
-            if s.generation == gen {
-                if let DataMap::Flat(v) = &mut s.map {
-                    if let Some(e) = v.get_mut(idx as usize) {
-                        *e = 0;
+            let doid = oid::vid_to_data_oid(own, idx32(own, idx)?);
+            let hyper = self.state.read().header.is_hyper();
+            if hyper {
+                self.set_map(idx, 0, cur, gen).await?;
+                if cur == own {
+                    match self.client.remove_obj(doid).await {
+                        Err(e) if !e.is(SdRes::NO_OBJ) => return Err(e),
+                        _ => {}
                     }
                 }
+            } else if cur == own {
+                // sheep clears data_vdi_id[idx] and removes the object; a
+                // snapshot taken underneath answers READONLY.
+                match self.client.discard_obj(doid).await {
+                    Ok(()) => {}
+                    Err(e) if self.snapshot_taken(&e) => {
+                        self.reload_if(gen).await?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                if !self.set_entry_if(gen, idx, 0) {
+                    self.reload().await?;
+                }
+            } else {
+                // Shared with an ancestor: only our map entry goes.
+                self.set_map(idx, 0, cur, gen).await?;
             }
+            if let Some(c) = self.cache.read().as_ref() {
+                c.invalidate(doid);
+            }
+            return Ok(());
         }
-        if let Some(c) = self.cache.read().as_ref() {
-            c.invalidate(doid);
-        }
-        Ok(())
     }
 
     // ------------------------------------------------------------ flush, seek
@@ -743,6 +789,8 @@ impl Volume {
             return Err(Error::ReadOnly(format!("{}{}", self.name, self.sel)));
         }
         let _r = self.reload_lock.lock().await;
+        // B-tree root rewrites carry the whole header: none may run with the old size.
+        let _b = self.btree_lock.lock().await;
         let mut h = self.header();
         if new_size < h.vdi_size {
             return Err(Error::Invalid(format!(

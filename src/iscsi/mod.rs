@@ -24,6 +24,5 @@ pub mod server;
 pub mod task;
 pub mod text;
 
-
 pub use config::{Backing, Config, Credential, LunConfig, TargetConfig};
 pub use server::{Limits, Server};

@@ -1,0 +1,242 @@
+//! Races between a Volume and the outside world: snapshots taken by another
+//! client while writes and discards are in flight, resizes racing B-tree
+//! updates, and a connection whose request was abandoned half-sent.
+
+mod common;
+
+use common::SheepLite;
+use sheepfs::client::{
+    Client, CreateOptions, LockMode, OpenOptions, Options, Request, SheepAddr, SnapSel, Volume,
+};
+use sheepfs::proto::{header::ObjArgs, op, ReqHeader, SD_PROTO_VER};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn locked() -> OpenOptions {
+    OpenOptions {
+        lock: LockMode::Normal,
+        ..Default::default()
+    }
+}
+
+/// Allocating writes racing with snapshots taken by another client: every
+/// acknowledged write is readable from the working VDI afterwards, and every
+/// write succeeds (the volume follows the working VDI, never EIO).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn allocations_survive_concurrent_snapshots() {
+    let s = SheepLite::start_formatted();
+    let c = s.client();
+    let nobj: u64 = 1024;
+    c.create_vdi(
+        "v",
+        nobj << 20,
+        &CreateOptions {
+            block_size_shift: Some(20),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let vol = Arc::new(Volume::open(c.clone(), "v", locked()).await.unwrap());
+    let tasks = 16u64;
+    let mut hs = Vec::new();
+    for t in 0..tasks {
+        let vol = vol.clone();
+        hs.push(tokio::spawn(async move {
+            let mut idx = t;
+            while idx < nobj {
+                let pat = vec![(idx % 251) as u8 + 1; 4096];
+                vol.write_at(idx << 20, &pat)
+                    .await
+                    .unwrap_or_else(|e| panic!("write of object {idx} failed: {e}"));
+                idx += tasks;
+            }
+        }));
+    }
+    let other = s.client();
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        other.snapshot_vdi("v", &format!("s{i}")).await.unwrap();
+    }
+    for h in hs {
+        h.await.unwrap();
+    }
+    let fresh = Volume::open(other.clone(), "v", OpenOptions::default())
+        .await
+        .unwrap();
+    let mut lost = Vec::new();
+    for idx in 0..nobj {
+        let d = fresh.read_at(idx << 20, 4096).await.unwrap();
+        if !d.iter().all(|&b| b == (idx % 251) as u8 + 1) {
+            lost.push(idx);
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes missing from the working VDI, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    assert_eq!(vol.vid(), fresh.vid(), "the volume follows the working VDI");
+}
+
+/// A whole-object discard through a volume opened before someone else took
+/// a snapshot goes to the working VDI; the snapshot keeps its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn discard_after_external_snapshot_spares_the_snapshot() {
+    let s = SheepLite::start_formatted();
+    let c = s.client();
+    c.create_vdi("v", 16 << 20, &CreateOptions::default())
+        .await
+        .unwrap();
+    let vol = Volume::open(c.clone(), "v", locked()).await.unwrap();
+    let obj = vol.object_size();
+    vol.write_at(0, &vec![0xAB; 2 * obj as usize])
+        .await
+        .unwrap();
+    let other = s.client();
+    other.snapshot_vdi("v", "s1").await.unwrap();
+    // Object 0 is ours (now the snapshot's); object 1 the same: one through
+    // DISCARD_OBJ after READONLY, one after the volume has already followed.
+    vol.discard(0, obj).await.unwrap();
+    vol.discard(obj, obj).await.unwrap();
+    let snap = Volume::open(
+        other.clone(),
+        "v",
+        OpenOptions {
+            snapshot: SnapSel::Tag("s1".into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let d = snap.read_at(0, 2 * obj as usize).await.unwrap();
+    assert!(
+        d.iter().all(|&b| b == 0xAB),
+        "the snapshot lost data to a discard"
+    );
+    let w = Volume::open(other.clone(), "v", OpenOptions::default())
+        .await
+        .unwrap();
+    let d = w.read_at(0, 2 * obj as usize).await.unwrap();
+    assert!(
+        d.iter().all(|&b| b == 0),
+        "the working VDI was not discarded"
+    );
+}
+
+/// Growing a hyper volume while it allocates objects: the size on the server
+/// is the last size resize() acknowledged (B-tree root rewrites carry the
+/// header and must not write back an old size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hyper_resize_is_not_reverted_by_allocations() {
+    let s = SheepLite::start_formatted();
+    let c = s.client();
+    let base: u64 = 1 << 30;
+    c.create_vdi(
+        "h",
+        base,
+        &CreateOptions {
+            hyper: true,
+            block_size_shift: Some(20),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let vol = Arc::new(Volume::open(c.clone(), "h", locked()).await.unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut hs = Vec::new();
+    for t in 0..8u64 {
+        let (vol, stop) = (vol.clone(), stop.clone());
+        hs.push(tokio::spawn(async move {
+            let mut idx = t;
+            while !stop.load(Ordering::Relaxed) && idx < 1000 {
+                vol.write_at(idx << 20, &[7u8; 512]).await.unwrap();
+                idx += 8;
+            }
+        }));
+    }
+    let mut size = base;
+    for i in 0..40 {
+        size += 1 << 20;
+        vol.resize(size).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let on_disk = c.read_inode_header(vol.vid()).await.unwrap().vdi_size;
+        assert_eq!(on_disk, size, "resize {i} reverted on the server");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        h.await.unwrap();
+    }
+}
+
+fn write_req(oid: u64, fill: u8, len: usize) -> Request {
+    let mut h = ReqHeader::new(SD_PROTO_VER, op::WRITE_OBJ);
+    h.args = ObjArgs {
+        oid,
+        ..Default::default()
+    }
+    .encode();
+    Request::new(h)
+        .with_payload(vec![fill; len])
+        .not_idempotent()
+}
+
+/// A server that stops reading for longer than the request timeout: the
+/// first request is cut off half-sent; a second one queued meanwhile must
+/// not be written into the middle of the first one's payload (the server
+/// would execute a write whose payload contains another request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_request_is_never_spliced() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let srv = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(2500));
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    });
+    let c = Client::connect(
+        SheepAddr::tcp("127.0.0.1", port),
+        Options {
+            connections: 1,
+            request_timeout: Duration::from_secs(1),
+            retry_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    const BIG: usize = 64 << 20;
+    let c1 = c.clone();
+    let a = tokio::spawn(async move { c1.send(write_req(0x1111, 0xAA, BIG)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c2 = c.clone();
+    let b =
+        tokio::spawn(async move { c2.send(write_req(0xDEAD_BEEF_0000_0001, 0x5A, 4096)).await });
+    assert!(
+        a.await.unwrap().is_err(),
+        "the stalled request must time out"
+    );
+    let _ = b.await.unwrap();
+    let got = srv.join().unwrap();
+    let marker = 0xDEAD_BEEF_0000_0001u64.to_le_bytes();
+    if let Some(p) = got.windows(8).position(|w| w == marker) {
+        assert!(
+            p >= 48 + BIG,
+            "second request spliced into the first one's payload at byte {p}"
+        );
+    }
+}
