@@ -24,6 +24,7 @@
 
 mod core;
 mod error;
+mod fault;
 mod net;
 mod state;
 mod store;
