@@ -488,13 +488,9 @@ impl Sheep {
                     }
                 }
             }
-            op::GET_OBJ_LIST => match self.store.list() {
-                Ok(oids) => {
-                    if (h.data_length as u64) < 8 * oids.len() as u64 {
-                        return Reply::res(SdRes::BUFFER_SMALL);
-                    }
-                    Reply::data(oids.iter().flat_map(|o| o.to_le_bytes()).collect())
-                }
+            op::GET_OBJ_LIST => match self.store.list_upto(h.data_length as usize / 8) {
+                Ok(Some(oids)) => Reply::data(oids.iter().flat_map(|o| o.to_le_bytes()).collect()),
+                Ok(None) => Reply::res(SdRes::BUFFER_SMALL),
                 Err(e) => Reply::res(e),
             },
             op::GET_EPOCH => self.get_epoch(h),

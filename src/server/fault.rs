@@ -5,9 +5,11 @@
 //! - `SHEEP_LITE_FAIL_AT=<point>`: the step at that point fails with EIO, so
 //!   tests can check that a failed operation is undone.
 //!
-//! Points: `<op>-intent` (the intent is durable), `<op>-base` (the base inode
-//! is changed), `<op>-inode` (the new inode is written), for op = create,
-//! clone, snapshot, rebase; `delete-intent`, `delete-inode`.
+//! Points: `<op>-intent` (the intent is durable; op = create, clone,
+//! snapshot, rebase), `<op>-base` (the base inodes are changed; op = clone,
+//! snapshot, rebase), `<op>-inode` (the new inode is written; op = create,
+//! clone, snapshot, rebase), `delete-intent`, `delete-inode` (the inode is
+//! cleared).
 
 use super::error::OpResult;
 use crate::proto::SdRes;

@@ -438,8 +438,31 @@ mod tests {
         s.inuse.set(0x7c2b25);
         s.deleted.set(0x7c2b25);
         s.notify_vdi_add(0x7c2b26, 3, 0x7c2b25, 0, 22, true);
+        let it = Intent {
+            op: IntentOp::Snapshot,
+            snap: 0x7c2b26,
+            src: 0x7c2b26,
+            vid: 0x7c2b27,
+            time: 99 << 32,
+            copies: 3,
+            copy_policy: 0,
+            block_size_shift: 22,
+            parent: 0x7c2b26,
+        };
+        s.pending = Some(it.clone());
+        s.frozen.insert(0x7c2b26);
         f.save(&s).unwrap();
         let t = f.load().unwrap();
+        assert_eq!(t.pending, Some(it));
+        assert!(t.frozen.is_empty(), "frozen is in memory only");
+        // Files written before intents existed still load.
+        s.pending = None;
+        f.save(&s).unwrap();
+        assert!(!std::fs::read_to_string(f.path())
+            .unwrap()
+            .contains("pending"));
+        let t = f.load().unwrap();
+        assert_eq!(t.pending, None);
         assert_eq!(t.status, cluster_status::OK);
         assert!(t.inuse.test(0x7c2b26) && t.deleted.test(0x7c2b25));
         assert!(t.is_snapshot(0x7c2b25));

@@ -393,13 +393,24 @@ impl Store {
 
     /// Every stored oid, ascending.
     pub fn list(&self) -> OpResult<Vec<u64>> {
+        Ok(self.list_upto(usize::MAX)?.unwrap_or_default())
+    }
+
+    /// Every stored oid, ascending, or None when there are more than `max`
+    /// (so a client's small buffer never makes the server list them all).
+    pub fn list_upto(&self, max: usize) -> OpResult<Option<Vec<u64>>> {
         let rd = std::fs::read_dir(&self.dir).map_err(|e| io_res(&e, "list", &self.dir))?;
-        let mut v: Vec<u64> = rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| parse_name(&e.file_name().to_string_lossy()))
-            .collect();
+        let mut v = Vec::new();
+        for e in rd.filter_map(|e| e.ok()) {
+            if let Some(oid) = parse_name(&e.file_name().to_string_lossy()) {
+                if v.len() == max {
+                    return Ok(None);
+                }
+                v.push(oid);
+            }
+        }
         v.sort_unstable();
-        Ok(v)
+        Ok(Some(v))
     }
 
     /// Removes every object (MAKE_FS).
@@ -595,6 +606,70 @@ mod tests {
         let s = Store::open(d.path(), 16).unwrap();
         assert!(s.list().unwrap().is_empty());
         assert!(!d.path().join("0000000700000001.tmp.3").exists());
+    }
+
+    #[test]
+    fn copy_on_write_copies_data_keeps_holes_and_overlays() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), 16).unwrap();
+        let size = 64u64 << 20;
+        let a = pattern_bytes(5000, 1);
+        let b = pattern_bytes(3 << 20, 2);
+        s.create(1, size, &[(100, &a), (40 << 20, &b)]).unwrap();
+        let patch = pattern_bytes(70_000, 3);
+        s.create_cow(2, size, 1, (40 << 20) - 1000, &patch).unwrap();
+        let mut got = vec![0u8; size as usize];
+        s.read(2, 0, &mut got).unwrap();
+        let mut want = vec![0u8; size as usize];
+        want[100..100 + a.len()].copy_from_slice(&a);
+        want[40 << 20..(40 << 20) + b.len()].copy_from_slice(&b);
+        let p = (40 << 20) - 1000;
+        want[p..p + patch.len()].copy_from_slice(&patch);
+        assert!(got == want, "COW content");
+        let blocks = std::fs::metadata(d.path().join(obj_name(2)))
+            .unwrap()
+            .blocks()
+            * 512;
+        assert!(blocks < 8 << 20, "holes were filled: {blocks} bytes");
+        // Missing source: NO_OBJ, nothing left behind.
+        assert_eq!(s.create_cow(3, size, 9, 0, b"x"), Err(SdRes::NO_OBJ));
+        assert_eq!(s.list().unwrap(), vec![1, 2]);
+        // A source shorter than the object: the rest is zeros.
+        s.create(4, 8192, &[(0, &[7u8; 8192])]).unwrap();
+        s.create_cow(5, 1 << 20, 4, 100, b"yz").unwrap();
+        let mut g = vec![1u8; 1 << 20];
+        s.read(5, 0, &mut g).unwrap();
+        assert!(g[..100].iter().all(|&x| x == 7) && &g[100..102] == b"yz");
+        assert!(g[102..8192].iter().all(|&x| x == 7) && g[8192..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn buffered_copy_fallback() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let dst = d.path().join("dst");
+        let data = pattern_bytes(3 * COPY_CHUNK + 12345, 9);
+        std::fs::write(&src, &data).unwrap();
+        let f = File::open(&src).unwrap();
+        let g = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&dst)
+            .unwrap();
+        g.set_len(data.len() as u64 + 10).unwrap();
+        copy_buffered(&f, &g, 7, data.len() as u64 - 7).unwrap();
+        let out = std::fs::read(&dst).unwrap();
+        assert_eq!(&out[7..data.len()], &data[7..]);
+        assert!(out[..7].iter().all(|&x| x == 0));
+    }
+
+    fn pattern_bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| ((i % 251) as u8).wrapping_add(seed) | 1)
+            .collect()
     }
 
     #[test]
