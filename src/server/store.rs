@@ -212,6 +212,8 @@ impl Store {
     }
 
     pub fn create(&self, oid: u64, size: u64, parts: &[(u64, &[u8])]) -> OpResult<()> {
+        // Written and synced before the object's lock is taken: only the
+        // rename happens under it.
         let tmp = self.tmp_with(oid, size, parts)?;
         let _g = self.lock(oid);
         self.install_locked(tmp)
@@ -240,6 +242,7 @@ impl Store {
         }
         tmp.file
             .write_all_at(data, off)
+            .and_then(|()| tmp.file.sync_all())
             .map_err(|e| io_res(&e, "create", &self.path(oid)))?;
         let _g = self.lock(oid);
         self.install_locked(tmp)
@@ -281,17 +284,17 @@ impl Store {
             write_sparse(&tmp.file, data, *off)
                 .map_err(|e| io_res(&e, "create", &self.path(oid)))?;
         }
+        tmp.file
+            .sync_all()
+            .map_err(|e| io_res(&e, "create", &self.path(oid)))?;
         Ok(tmp)
     }
 
-    /// Makes a temporary object durable and renames it over its final name.
-    /// The caller holds `lock(tmp.oid)`.
+    /// Renames a temporary object (already synced) over its final name and
+    /// makes the rename durable. The caller holds `lock(tmp.oid)`.
     fn install_locked(&self, mut tmp: TmpObj) -> OpResult<()> {
         let oid = tmp.oid;
         let path = self.path(oid);
-        tmp.file
-            .sync_all()
-            .map_err(|e| io_res(&e, "create", &path))?;
         let old = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         // Whatever happens next, a cached handle may name the old file.
         self.forget(oid);
