@@ -4,6 +4,7 @@
 use super::error::{io_res, OpResult};
 use super::state::{State, StateFile};
 use super::store::Store;
+use super::store::COPY_CHUNK;
 use crate::proto::bytes::{get_u32, put_u64};
 use crate::proto::header::{
     ClusterArgs, ClusterDefaultRsp, NodeRsp, ObjArgs, VdiArgs, VdiStateArgs, RSP_ARGS_LEN,
@@ -15,6 +16,7 @@ use crate::proto::{
     SD_SHEEP_PROTO_VER, VDI_BITMAP_SIZE,
 };
 use parking_lot::{Mutex, RwLock};
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,7 +40,18 @@ pub struct Reply {
     pub result: SdRes,
     pub args: [u8; RSP_ARGS_LEN],
     pub data: Vec<u8>,
+    /// Reply bytes sent from a file after `data` (large reads), so they are
+    /// never held in memory whole.
+    pub stream: Option<FileRange>,
     pub action: Action,
+}
+
+/// A range of an object file to send as (the rest of) a reply payload.
+pub struct FileRange {
+    pub oid: u64,
+    pub file: std::sync::Arc<std::fs::File>,
+    pub offset: u64,
+    pub len: u64,
 }
 
 impl Reply {
@@ -47,6 +60,7 @@ impl Reply {
             result,
             args: [0; RSP_ARGS_LEN],
             data: Vec::new(),
+            stream: None,
             action: Action::None,
         }
     }
@@ -163,14 +177,28 @@ struct Misc {
     vnodes: i32,
 }
 
+/// Stripes of [`Sheep::gates`].
+const GATES: usize = 256;
+
 /// The single-node sheep.
 pub struct Sheep {
     pub(crate) store: Store,
     pub(crate) state: RwLock<State>,
     state_file: StateFile,
     /// Serialises cluster operations (VDI create/delete, format, ...), as
-    /// sheep's cluster driver orders them.
-    pub(crate) vdi_mutex: Mutex<()>,
+    /// sheep's cluster driver orders them: they take it for writing. Name
+    /// lookups and object reclaims take it for reading, so they never see a
+    /// VDI operation half done.
+    pub(crate) vdi_lock: RwLock<()>,
+    /// Per-vid stripes ordering data-object mutations against a VDI becoming
+    /// a snapshot: a mutation holds its vid's stripe for reading from the
+    /// read-only check until its change is made; freezing a vid takes it for
+    /// writing, so no mutation that passed the check is still in flight.
+    gates: Box<[RwLock<()>]>,
+    /// One reclaim scan at a time: its buffers (a B-tree root and leaf of a
+    /// hyper volume) are outside any request's reservation, so they are
+    /// bounded by running one.
+    reclaiming: Mutex<()>,
     /// This node as advertised in node lists.
     pub(crate) node: SdNode,
     dir: PathBuf,
@@ -190,11 +218,13 @@ impl Sheep {
         let state_file = StateFile::new(dir);
         let state = state_file.load()?;
         let max_payload = AtomicU64::new(payload_limit(&state));
-        Ok(Sheep {
+        let sheep = Sheep {
             store,
             state: RwLock::new(state),
             state_file,
-            vdi_mutex: Mutex::new(()),
+            vdi_lock: RwLock::new(()),
+            gates: (0..GATES).map(|_| RwLock::new(())).collect(),
+            reclaiming: Mutex::new(()),
             node,
             dir: dir.to_path_buf(),
             stats: Stats::default(),
@@ -204,7 +234,15 @@ impl Sheep {
                 vnodes: crate::proto::SD_DEFAULT_VNODES as i32,
             }),
             max_payload,
-        })
+        };
+        // Finish or undo a VDI operation a crash interrupted before serving.
+        sheep
+            .resolve_pending()
+            .map_err(|e| super::ServerError::State {
+                path: sheep.state_file.path().to_path_buf(),
+                what: format!("cannot finish the interrupted VDI operation: {e:?}"),
+            })?;
+        Ok(sheep)
     }
 
     /// Epoch to put in reply headers.
@@ -233,15 +271,27 @@ impl Sheep {
         self.store.sync_all()
     }
 
-    /// Applies `f` to the state and persists it. Callers hold `vdi_mutex`.
-    pub(crate) fn commit(&self, f: impl FnOnce(&mut State)) -> OpResult<()> {
-        f(&mut self.state.write());
-        let st = self.state.read();
+    /// Applies `f` to the state: first to a copy that is saved durably, then,
+    /// once that succeeded, to the live state. So nothing a client can see
+    /// is lost by a crash, and a failed save changes nothing. Callers hold
+    /// `vdi_lock` for writing (commits are serialised); `f` must be
+    /// deterministic, as it runs twice.
+    pub(crate) fn commit(&self, f: impl Fn(&mut State)) -> OpResult<()> {
+        let mut next = self.state.read().clone();
+        f(&mut next);
+        self.state_file
+            .save(&next)
+            .map_err(|e| io_res(&e, "save state", self.state_file.path()))?;
+        let mut st = self.state.write();
+        f(&mut st);
         self.max_payload
             .store(payload_limit(&st), Ordering::Relaxed);
-        self.state_file
-            .save(&st)
-            .map_err(|e| io_res(&e, "save state", self.state_file.path()))
+        Ok(())
+    }
+
+    /// The gate stripe of `vid` (see `gates`).
+    pub(crate) fn gate(&self, vid: u32) -> &RwLock<()> {
+        &self.gates[vid as usize % GATES]
     }
 
     /// Handles one request.
@@ -276,9 +326,10 @@ impl Sheep {
         }
         self.count(&req);
         let r = self.dispatch(&req);
+        let streamed = r.stream.as_ref().map(|s| s.len).unwrap_or(0);
         self.stats
             .tx
-            .fetch_add(r.data.len() as u64, Ordering::Relaxed);
+            .fetch_add(r.data.len() as u64 + streamed, Ordering::Relaxed);
         r
     }
 
@@ -304,10 +355,7 @@ impl Sheep {
             op::CREATE_AND_WRITE_OBJ | OP_CREATE_AND_WRITE_PEER => {
                 from_res(self.create_obj(req).map(|_| Reply::ok()))
             }
-            op::REMOVE_OBJ | OP_REMOVE_PEER => {
-                let o = ObjArgs::decode(&h.args);
-                from_res(self.store.remove(o.oid).map(|_| Reply::ok()))
-            }
+            op::REMOVE_OBJ | OP_REMOVE_PEER => from_res(self.remove_obj(req).map(|_| Reply::ok())),
             op::DISCARD_OBJ => from_res(self.discard_obj(req)),
             op::FLUSH_VDI => {
                 // Intended difference from sheep (which always answers
@@ -440,13 +488,9 @@ impl Sheep {
                     }
                 }
             }
-            op::GET_OBJ_LIST => match self.store.list() {
-                Ok(oids) => {
-                    if (h.data_length as u64) < 8 * oids.len() as u64 {
-                        return Reply::res(SdRes::BUFFER_SMALL);
-                    }
-                    Reply::data(oids.iter().flat_map(|o| o.to_le_bytes()).collect())
-                }
+            op::GET_OBJ_LIST => match self.store.list_upto(h.data_length as usize / 8) {
+                Ok(Some(oids)) => Reply::data(oids.iter().flat_map(|o| o.to_le_bytes()).collect()),
+                Ok(None) => Reply::res(SdRes::BUFFER_SMALL),
                 Err(e) => Reply::res(e),
             },
             op::GET_EPOCH => self.get_epoch(h),
@@ -457,7 +501,7 @@ impl Sheep {
                 Reply::data(vec![0u8; 24])
             }
             op::ENABLE_RECOVER | op::DISABLE_RECOVER => {
-                let _g = self.vdi_mutex.lock();
+                let _g = self.vdi_lock.write();
                 let disable = h.opcode == op::DISABLE_RECOVER;
                 from_res(
                     self.commit(|s| s.disable_recovery = disable)
@@ -477,7 +521,7 @@ impl Sheep {
                 if c.copy_policy != 0 {
                     return Reply::res(SdRes::INVALID_PARMS);
                 }
-                let _g = self.vdi_mutex.lock();
+                let _g = self.vdi_lock.write();
                 from_res(self.commit(|s| s.nr_copies = c.copies).map(|_| Reply::ok()))
             }
             op::ALTER_VDI_COPY => {
@@ -485,7 +529,7 @@ impl Sheep {
                 if a.copy_policy != 0 {
                     return Reply::res(SdRes::INVALID_PARMS);
                 }
-                let _g = self.vdi_mutex.lock();
+                let _g = self.vdi_lock.write();
                 from_res(
                     self.commit(|s| {
                         if let Some(e) = s.vdis.get_mut(&a.new_vid) {
@@ -497,7 +541,7 @@ impl Sheep {
             }
             op::NOTIFY_VDI_ADD => {
                 let a = VdiStateArgs::decode(&h.args);
-                let _g = self.vdi_mutex.lock();
+                let _g = self.vdi_lock.write();
                 from_res(
                     self.commit(|s| {
                         s.notify_vdi_add(
@@ -701,7 +745,14 @@ impl Sheep {
         }
         let mut store = String::from_utf8_lossy(name).into_owned();
         store.truncate(crate::proto::STORE_LEN - 1);
-        let _g = self.vdi_mutex.lock();
+        let _g = self.vdi_lock.write();
+        // A crash during the wipe must not leave a state naming objects that
+        // are gone: the node is unformatted on disk until the wipe is done.
+        self.commit(|s| {
+            let status = s.status;
+            *s = State::unformatted();
+            s.status = status;
+        })?;
         self.store.wipe()?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -728,7 +779,7 @@ impl Sheep {
                 c.block_size_shift
             };
             s.flags = c.flags;
-            s.store = store;
+            s.store = store.clone();
         })?;
         tracing::info!("cluster formatted");
         Ok(Reply::ok())
@@ -736,153 +787,329 @@ impl Sheep {
 
     // ------------------------------------------------------------ object I/O
 
+    /// Bytes of memory a request uses while it is handled and replied to: its
+    /// payload or reply buffer plus the handler's working set. The network
+    /// layer reserves this (capped at the whole budget) before it reads the
+    /// payload, in one piece, so a request never waits for more while holding
+    /// some.
+    pub fn memory_need(&self, h: &ReqHeader) -> u64 {
+        let dl = h.data_length as u64;
+        let o = ObjArgs::decode(&h.args);
+        match h.opcode {
+            op::READ_OBJ | OP_READ_PEER if streams(o.oid, dl) => STREAM_CHUNK as u64,
+            op::CREATE_AND_WRITE_OBJ | OP_CREATE_AND_WRITE_PEER
+                if h.flags & flags::CMD_COW != 0 =>
+            {
+                dl + COPY_CHUNK as u64
+            }
+            // A map update also holds the old entries and references.
+            op::WRITE_OBJ | OP_WRITE_PEER if is_map_update(o.oid, o.offset as u64, dl) => 4 * dl,
+            // At most one inode copy and one reference table at a time.
+            op::NEW_VDI | op::DEL_VDI => dl + 2 * inode::SD_INODE_SIZE as u64,
+            op::GET_VDI_ATTR => dl + 2 * SD_ATTR_OBJ_SIZE as u64,
+            _ => dl,
+        }
+    }
+
     fn read_obj(&self, req: &Req) -> OpResult<Reply> {
         let h = &req.hdr;
         let o = ObjArgs::decode(&h.args);
-        let mut buf = vec![0u8; h.data_length as usize];
-        self.store.read(o.oid, o.offset as u64, &mut buf)?;
+        let (off, len) = (o.offset as u64, h.data_length as u64);
+        if streams(o.oid, len) {
+            // Sent from the file in chunks by the network layer.
+            let file = self.store.open_range(o.oid, off, len)?;
+            return Ok(Reply {
+                stream: Some(FileRange {
+                    oid: o.oid,
+                    file,
+                    offset: off,
+                    len,
+                }),
+                ..Reply::ok()
+            });
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.store.read(o.oid, off, &mut buf)?;
         Ok(Reply::data(buf))
     }
 
-    fn readonly(&self, oid: u64) -> bool {
-        oid::is_data_obj(oid) && self.state.read().is_snapshot(oid::oid_to_vid(oid))
+    /// Runs a change of `oid`. Data objects of a snapshot, or of a VDI that is
+    /// becoming one, are READONLY; the check and the change run under the
+    /// vid's gate, so a freeze waits for every change it did not refuse.
+    fn mutate<T>(&self, oid: u64, f: impl FnOnce() -> OpResult<T>) -> OpResult<T> {
+        if !oid::is_data_obj(oid) {
+            return f();
+        }
+        let vid = oid::oid_to_vid(oid);
+        let _g = self.gate(vid).read();
+        if self.state.read().data_readonly(vid) {
+            return Err(SdRes::READONLY);
+        }
+        f()
     }
 
     fn create_obj(&self, req: &Req) -> OpResult<()> {
         let h = &req.hdr;
         let o = ObjArgs::decode(&h.args);
-        if self.readonly(o.oid) {
-            return Err(SdRes::READONLY);
-        }
-        let size = self.object_size(o.oid);
-        let off = o.offset as u64;
-        if off + req.data.len() as u64 > size {
-            tracing::warn!(
-                oid = format_args!("{:016x}", o.oid),
-                off,
-                len = req.data.len(),
-                size,
-                "create beyond the object size"
-            );
-            return Err(SdRes::INVALID_PARMS);
-        }
-        if h.flags & flags::CMD_COW != 0 && req.data.len() as u64 != size {
-            // Partial COW: the new object is the source with the payload on top.
-            let mut buf = vec![0u8; size as usize];
-            {
-                let _g = self.store.lock_shared(o.cow_oid);
-                let src = self.store.size_locked(o.cow_oid)?.min(size) as usize;
-                self.store.read_locked(o.cow_oid, 0, &mut buf[..src])?;
+        self.mutate(o.oid, || {
+            let size = self.object_size(o.oid);
+            let off = o.offset as u64;
+            if off + req.data.len() as u64 > size {
+                tracing::warn!(
+                    oid = format_args!("{:016x}", o.oid),
+                    off,
+                    len = req.data.len(),
+                    size,
+                    "create beyond the object size"
+                );
+                return Err(SdRes::INVALID_PARMS);
             }
-            buf[off as usize..off as usize + req.data.len()].copy_from_slice(&req.data);
-            return self.store.create(o.oid, size, &[(0, &buf)]);
-        }
-        self.store.create(o.oid, size, &[(off, &req.data)])
+            if h.flags & flags::CMD_COW != 0 && req.data.len() as u64 != size {
+                // Partial COW: the new object is the source with the payload on top.
+                return self
+                    .store
+                    .create_cow(o.oid, size, o.cow_oid, off, &req.data);
+            }
+            self.store.create(o.oid, size, &[(off, &req.data)])
+        })
     }
 
     fn write_obj(&self, req: &Req) -> OpResult<()> {
         let h = &req.hdr;
         let o = ObjArgs::decode(&h.args);
-        if self.readonly(o.oid) {
-            return Err(SdRes::READONLY);
-        }
         let sync = h.flags & flags::CMD_CACHE == 0;
         let off = o.offset as u64;
-        let start = DATA_VDI_ID_OFFSET as u64;
-        let end = GREF_OFFSET as u64;
-        let is_map_update =
-            oid::is_vdi_obj(o.oid) && off >= start && off + req.data.len() as u64 <= end;
-        if !is_map_update {
-            return self.store.write(o.oid, off, &req.data, sync);
+        if !is_map_update(o.oid, off, req.data.len() as u64) {
+            return self.mutate(o.oid, || self.store.write(o.oid, off, &req.data, sync));
         }
-        // A data_vdi_id update (§6.4): remember the old entries and the
-        // writer's generational references, write, then clear those
-        // references as sheep does, and reclaim objects nobody shares anymore.
-        let first = ((off - start) / 4) as usize;
-        let n = req.data.len() / 4;
+        let dead = self.update_map(o.oid, off, &req.data, sync)?;
+        self.reclaim(oid::oid_to_vid(o.oid), &dead);
+        Ok(())
+    }
+
+    /// A data_vdi_id update (§6.4): writes the entries and clears their
+    /// generational references as sheep does. Returns the indexes whose
+    /// object this VDI owned, no longer maps and never shared: candidates for
+    /// [`Sheep::reclaim`]. Decided under the inode's lock, which a snapshot
+    /// holds while it copies the map, and never for a VDI that is (becoming)
+    /// a snapshot, whose objects its children may share.
+    fn update_map(&self, ioid: u64, off: u64, data: &[u8], sync: bool) -> OpResult<Vec<u32>> {
+        let rel = off - DATA_VDI_ID_OFFSET as u64;
+        if rel % 4 != 0 || data.len() % 4 != 0 {
+            // Clients write whole u32 entries; anything else would be
+            // misread as other vids.
+            tracing::warn!(
+                oid = format_args!("{ioid:016x}"),
+                off,
+                len = data.len(),
+                "data_vdi_id update not made of whole entries; refused"
+            );
+            return Err(SdRes::INVALID_PARMS);
+        }
+        let first = (rel / 4) as usize;
+        let n = data.len() / 4;
+        if n == 0 {
+            return self.store.write(ioid, off, data, sync).map(|_| Vec::new());
+        }
+        let own = oid::oid_to_vid(ioid);
+        let gref_off = (GREF_OFFSET + 8 * first) as u64;
         let mut old = vec![0u8; 4 * n];
         let mut grefs = vec![0u8; 8 * n];
-        {
-            let _g = self.store.lock(o.oid);
-            self.store
-                .read_locked(o.oid, inode::data_vdi_id_offset(first as u32), &mut old)?;
-            let gref_off = (GREF_OFFSET + 8 * first) as u64;
-            if n > 0 && first + n <= SD_INODE_DATA_INDEX {
-                self.store.read_locked(o.oid, gref_off, &mut grefs)?;
+        let _g = self.store.lock(ioid);
+        self.store.read_locked(ioid, off, &mut old)?;
+        self.store.read_locked(ioid, gref_off, &mut grefs)?;
+        self.store.write_locked(ioid, off, data, sync)?;
+        let mut dead = Vec::new();
+        if !self.state.read().data_readonly(own) {
+            for i in 0..n {
+                let shared = grefs[8 * i..8 * i + 8].iter().any(|&b| b != 0);
+                if get_u32(&old, 4 * i) == own && get_u32(data, 4 * i) != own && !shared {
+                    dead.push((first + i) as u32);
+                }
             }
-            self.store.write_locked(o.oid, off, &req.data, sync)?;
-            if n > 0 && first + n <= SD_INODE_DATA_INDEX {
+        }
+        grefs.fill(0);
+        self.store.write_locked(ioid, gref_off, &grefs, sync)?;
+        if !dead.is_empty() {
+            // A hyper volume keeps a B-tree here, not entries.
+            let mut sp = [0u8; 1];
+            self.store.read_locked(ioid, STORE_POLICY_OFF, &mut sp)?;
+            if sp[0] != 0 {
+                dead.clear();
+            }
+        }
+        Ok(dead)
+    }
+
+    /// Removes the objects `idxs` of `own` that no inode maps any more.
+    /// Holds `vdi_lock` for reading, so no VDI operation copies a map
+    /// meanwhile.
+    fn reclaim(&self, own: u32, idxs: &[u32]) {
+        if idxs.is_empty() {
+            return;
+        }
+        let _v = self.vdi_lock.read();
+        self.reclaim_locked(own, idxs, false);
+    }
+
+    /// [`Sheep::reclaim`] for callers holding `vdi_lock`; with `deleting`,
+    /// the map of `own` itself is not consulted (it is being deleted).
+    pub(crate) fn reclaim_locked(&self, own: u32, idxs: &[u32], deleting: bool) {
+        let _r = self.reclaiming.lock();
+        let keep = match self.still_mapped(own, idxs, deleting) {
+            Ok(k) => k,
+            Err(e) => {
+                // Keeping an object is safe; removing a used one is not.
+                tracing::warn!(
+                    vid = format_args!("{own:x}"),
+                    ?e,
+                    "cannot check who maps these objects; keeping them"
+                );
+                return;
+            }
+        };
+        for &idx in idxs {
+            if keep.contains(&idx) {
+                continue;
+            }
+            let doid = oid::vid_to_data_oid(own, idx);
+            match self.store.remove(doid) {
+                Ok(()) | Err(SdRes::NO_OBJ) => {}
+                Err(e) => {
+                    tracing::warn!(oid = format_args!("{doid:016x}"), ?e, "reclaim failed")
+                }
+            }
+        }
+    }
+
+    /// Which of the objects `(own, idx)` for `idx` in `idxs` some inode
+    /// still maps. Generational references alone cannot tell (a later map
+    /// update clears them), so every inode is asked; this only runs when
+    /// objects are about to be removed.
+    fn still_mapped(&self, own: u32, idxs: &[u32], skip_own: bool) -> OpResult<HashSet<u32>> {
+        let vids: BTreeSet<u32> = {
+            let st = self.state.read();
+            st.vdis.keys().copied().chain(st.inuse.iter_set()).collect()
+        };
+        let lo = idxs.iter().copied().min().unwrap_or(0);
+        let hi = idxs.iter().copied().max().unwrap_or(0);
+        let mut map = vec![0u8; 4 * (hi - lo + 1) as usize];
+        let mut keep = HashSet::new();
+        for vid in vids {
+            if skip_own && vid == own {
+                continue;
+            }
+            let ioid = oid::vid_to_vdi_oid(vid);
+            let mut sp = [0u8; 1];
+            match self.store.read(ioid, STORE_POLICY_OFF, &mut sp) {
+                Ok(()) => {}
+                Err(SdRes::NO_OBJ) => continue,
+                Err(e) => return Err(e),
+            }
+            if sp[0] == 0 {
                 self.store
-                    .write_locked(o.oid, gref_off, &vec![0u8; 8 * n], sync)?;
-            }
-        }
-        let own = oid::oid_to_vid(o.oid);
-        if self.state.read().is_snapshot(own) {
-            // Objects of a snapshot may be shared with its children.
-            return Ok(());
-        }
-        let aligned = (off - start) % 4 == 0;
-        for i in 0..n {
-            let old_vid = get_u32(&old, 4 * i);
-            let new_vid = if aligned {
-                get_u32(&req.data, 4 * i)
+                    .read(ioid, inode::data_vdi_id_offset(lo), &mut map)?;
+                for &idx in idxs {
+                    if get_u32(&map, 4 * (idx - lo) as usize) == own {
+                        keep.insert(idx);
+                    }
+                }
             } else {
-                0
-            };
-            let gref_zero = grefs[8 * i..8 * i + 8].iter().all(|&b| b == 0);
-            // Only this VDI's own, never-shared objects are reclaimed; shared
-            // ones are kept (the reference allows not modelling ledgers).
-            if old_vid == own && new_vid != old_vid && gref_zero {
-                let doid = oid::vid_to_data_oid(own, (first + i) as u32);
-                match self.store.remove(doid) {
-                    Ok(()) | Err(SdRes::NO_OBJ) => {}
-                    Err(e) => {
-                        tracing::warn!(oid = format_args!("{doid:016x}"), ?e, "reclaim failed")
+                let tree = self.load_btree(vid)?;
+                for &idx in idxs {
+                    if tree.get(idx) == own {
+                        keep.insert(idx);
                     }
                 }
             }
         }
-        Ok(())
+        Ok(keep)
+    }
+
+    /// The whole B-tree of a hyper volume (root and leaves).
+    pub(crate) fn load_btree(&self, vid: u32) -> OpResult<inode::Btree> {
+        let ioid = oid::vid_to_vdi_oid(vid);
+        let mut root = vec![0u8; GREF_OFFSET - DATA_VDI_ID_OFFSET];
+        self.store
+            .read(ioid, DATA_VDI_ID_OFFSET as u64, &mut root)?;
+        let mut tree = inode::Btree::from_root(&root).map_err(|e| {
+            tracing::error!(vid = format_args!("{vid:x}"), error = %e, "corrupt B-tree root");
+            SdRes::EIO
+        })?;
+        drop(root);
+        let mut node = vec![0u8; inode::BTREE_NODE_SIZE];
+        for (_, leaf) in tree.root_indirect.clone() {
+            self.store.read(leaf, 0, &mut node)?;
+            tree.add_leaf(leaf, &node).map_err(|e| {
+                tracing::error!(oid = format_args!("{leaf:016x}"), error = %e, "corrupt B-tree leaf");
+                SdRes::EIO
+            })?;
+        }
+        Ok(tree)
+    }
+
+    /// REMOVE_OBJ. Data objects of a snapshot are refused (READONLY): dog
+    /// never sends REMOVE_OBJ (its deletes clear maps and use DEL_VDI, and
+    /// the server removes what is unused), and removing one would take the
+    /// data from the snapshot and from every VDI sharing the object.
+    fn remove_obj(&self, req: &Req) -> OpResult<()> {
+        let o = ObjArgs::decode(&req.hdr.args);
+        self.mutate(o.oid, || self.store.remove(o.oid))
     }
 
     /// DISCARD_OBJ: unmap the index in the owner's inode and drop the object.
+    /// A snapshot's objects are READONLY (as for writes; sheep would unmap
+    /// the snapshot's entry): the client re-resolves its working VDI.
     fn discard_obj(&self, req: &Req) -> OpResult<Reply> {
         let o = ObjArgs::decode(&req.hdr.args);
+        if !oid::is_data_obj(o.oid) {
+            return Err(SdRes::INVALID_PARMS);
+        }
         let vid = oid::oid_to_vid(o.oid);
         let idx = oid::oid_to_idx(o.oid);
         let ioid = oid::vid_to_vdi_oid(vid);
-        let mut hdr = vec![0u8; inode::SD_INODE_HEADER_SIZE];
-        self.store.read(ioid, 0, &mut hdr)?;
-        if hdr[553] != 0 {
-            // Hyper volumes: the B-tree update is not implemented here.
-            return Err(SdRes::NO_SUPPORT);
-        }
-        if idx as usize >= SD_INODE_DATA_INDEX {
-            return Err(SdRes::INVALID_PARMS);
-        }
-        let cur = {
-            let mut b = [0u8; 4];
-            self.store
-                .read(ioid, inode::data_vdi_id_offset(idx), &mut b)?;
-            u32::from_le_bytes(b)
-        };
-        if cur != 0 {
-            let mut h = ReqHeader::new(0, op::WRITE_OBJ);
-            h.flags = flags::CMD_WRITE;
-            h.data_length = 4;
-            h.args = ObjArgs {
-                oid: ioid,
-                offset: inode::data_vdi_id_offset(idx) as u32,
-                ..Default::default()
+        let dead = self.mutate(o.oid, || {
+            let mut sp = [0u8; 1];
+            self.store.read(ioid, STORE_POLICY_OFF, &mut sp)?;
+            if sp[0] != 0 {
+                // Hyper volumes: the B-tree update is not implemented here.
+                return Err(SdRes::NO_SUPPORT);
             }
-            .encode();
-            self.write_obj(&Req {
-                hdr: h,
-                data: vec![0; 4],
-            })?;
-        }
+            if idx as usize >= SD_INODE_DATA_INDEX {
+                return Err(SdRes::INVALID_PARMS);
+            }
+            let off = inode::data_vdi_id_offset(idx);
+            let mut b = [0u8; 4];
+            self.store.read(ioid, off, &mut b)?;
+            if u32::from_le_bytes(b) == 0 {
+                return Ok(Vec::new());
+            }
+            self.update_map(ioid, off, &[0; 4], true)
+        })?;
+        // Outside the gate: reclaiming takes vdi_lock, which a freeze holds.
+        self.reclaim(vid, &dead);
         Ok(Reply::ok())
     }
+}
+
+/// Offset of store_policy (1 = hyper volume, B-tree map) in an inode.
+pub(crate) const STORE_POLICY_OFF: u64 = 553;
+/// Data reads longer than this are streamed from the object file.
+const STREAM_MIN: u64 = 8 << 20;
+/// Bytes per piece of a streamed reply.
+pub const STREAM_CHUNK: usize = 1 << 20;
+
+/// Whether a READ_OBJ of `len` bytes of `oid` is streamed. Only data and
+/// vmstate objects: inode, B-tree and ledger reads stay whole under the
+/// object's lock, so a client always sees a consistent map.
+fn streams(oid: u64, len: u64) -> bool {
+    len > STREAM_MIN && matches!(oid::kind(oid), oid::ObjKind::Data | oid::ObjKind::Vmstate)
+}
+
+/// Whether a WRITE_OBJ lies inside an inode's data_vdi_id (sheep's
+/// `is_data_vid_update`).
+fn is_map_update(oid: u64, off: u64, len: u64) -> bool {
+    oid::is_vdi_obj(oid) && off >= DATA_VDI_ID_OFFSET as u64 && off + len <= GREF_OFFSET as u64
 }
 
 /// Largest payload a request may carry for this state.

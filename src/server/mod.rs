@@ -18,12 +18,34 @@
 //!   always answers INVALID_PARMS; clients accept both). Writes carrying
 //!   SD_FLAG_CMD_CACHE skip the per-write fdatasync until then.
 //! - Objects shared between VDIs are never reclaimed; a VDI's own objects are
-//!   removed when its map stops referencing them (sheep uses ledger objects).
-//! - Requests past the end of an object get INVALID_PARMS instead of garbage.
+//!   removed when its map stops referencing them and no other inode maps them
+//!   (sheep uses ledger objects).
+//! - Requests past the end of an object get INVALID_PARMS instead of garbage;
+//!   so do data_vdi_id updates that are not whole u32 entries.
+//! - DISCARD_OBJ and REMOVE_OBJ of a snapshot's data object answer READONLY,
+//!   as writes do (sheep would unmap or remove the snapshot's object). dog
+//!   never sends REMOVE_OBJ; its deletes clear the map and send DEL_VDI.
 //! - Locks are in memory only and owned by this node, as on sheep.
+//!
+//! Consistency of VDI operations (NEW_VDI, DEL_VDI):
+//! - they hold `vdi_lock` for writing; name lookups (GET_VDI_INFO, LOCK_VDI)
+//!   hold it for reading, so a lookup never sees one half done;
+//! - a snapshot first freezes the working VDI (its data objects answer
+//!   READONLY, and changes already admitted have finished), then copies its
+//!   map and sets snap_ctime in one atomic replacement of the inode, under
+//!   the inode's lock: a client that writes a map entry and then reads
+//!   snap_ctime either had its entry copied or sees the snapshot;
+//! - each is recorded in `state.json` (an intent) before its first change and
+//!   cleared by the commit that ends it; after a crash, startup finishes it
+//!   when its new inode is complete and undoes it otherwise (deletions are
+//!   always finished). A step that fails undoes the operation at once.
+//!   `SHEEP_LITE_CRASH_AT` / `SHEEP_LITE_FAIL_AT` (see `fault`) let tests
+//!   kill or fail the server at each step; unset, they do nothing;
+//! - state changes reach memory only after they are durable.
 
 mod core;
 mod error;
+mod fault;
 mod net;
 mod state;
 mod store;

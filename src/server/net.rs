@@ -6,12 +6,17 @@
 //! handler on the blocking pool. Replies go to the writer through a channel in
 //! completion order, so a reply (header + payload) is always written whole.
 //!
-//! Memory is bounded by a global byte budget: a request holds `data_length`
-//! permits (its payload or its reply buffer) until its reply has been written.
+//! Memory is bounded by a global byte budget: before its payload is read, a
+//! request reserves, in one piece, what it will hold until its reply has been
+//! written — payload or reply buffer plus the handler's working set
+//! ([`Sheep::memory_need`]). Handlers never allocate whole large objects:
+//! copy-on-write copies file to file and large reads are streamed from the
+//! object file in [`STREAM_CHUNK`] pieces. A reservation is capped at the
+//! whole budget, so a request larger than the budget still runs (alone).
 //! Payloads larger than any legal object are refused with INVALID_PARMS (and
 //! skipped), and each connection has at most [`CONN_INFLIGHT`] requests in flight.
 
-use super::core::{Action, Reply, Req, Sheep};
+use super::core::{Action, FileRange, Reply, Req, Sheep, STREAM_CHUNK};
 use crate::proto::header::RspHeader;
 use crate::proto::{op, ReqHeader, SdRes, SD_REQ_SIZE};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +42,8 @@ pub struct Ctx {
 struct Outgoing {
     hdr: [u8; 48],
     data: Vec<u8>,
+    /// Sent after `data`, read from the object file piece by piece.
+    stream: Option<FileRange>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -65,10 +72,15 @@ where
 
 async fn write_loop<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<Outgoing>) {
     let mut w = BufWriter::with_capacity(256 * 1024, w);
-    while let Some(o) = rx.recv().await {
+    while let Some(mut o) = rx.recv().await {
         let mut res = w.write_all(&o.hdr).await;
         if res.is_ok() && !o.data.is_empty() {
             res = w.write_all(&o.data).await;
+        }
+        if res.is_ok() {
+            if let Some(s) = o.stream.take() {
+                res = send_file_range(&mut w, s).await;
+            }
         }
         drop(o);
         // Flush when nothing else is ready, so bursts of small replies coalesce.
@@ -77,6 +89,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<Outgoing
         }
         if let Err(e) = res {
             tracing::debug!(error = %e, "send failed");
+            // The client must not wait for replies that will not come.
+            let _ = w.shutdown().await;
             // Keep draining so request tasks never block on a dead client.
             while rx.recv().await.is_some() {}
             return;
@@ -136,9 +150,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
             drop(slot);
             continue;
         }
-        // Budget for the payload or the reply buffer (capped so one request
-        // can always proceed).
-        let want = dl.min(max).min(ctx.budget_bytes) as u32;
+        // One reservation for everything the request holds (capped so one
+        // request can always proceed).
+        let want = ctx
+            .sheep
+            .memory_need(&hdr)
+            .min(ctx.budget_bytes)
+            .min(u32::MAX as u64) as u32;
         let permit = if want > 0 {
             Some(
                 ctx.budget
@@ -187,19 +205,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
 }
 
 async fn run_request(ctx: &Arc<Ctx>, req: Req) -> Reply {
-    // A COW create reads its whole source object: budget for it too.
-    let mut extra = None;
-    if req.hdr.opcode == op::CREATE_AND_WRITE_OBJ
-        && req.hdr.flags & crate::proto::flags::CMD_COW != 0
-    {
-        let o = crate::proto::header::ObjArgs::decode(&req.hdr.args);
-        let n = ctx.sheep.object_size(o.oid).min(ctx.budget_bytes) as u32;
-        extra = ctx.budget.clone().acquire_many_owned(n).await.ok();
-    }
     let sheep = ctx.sheep.clone();
     let span = tracing::Span::current();
     let r = tokio::task::spawn_blocking(move || span.in_scope(|| sheep.handle(req))).await;
-    drop(extra);
     match r {
         Ok(r) => r,
         Err(e) => {
@@ -217,13 +225,15 @@ fn reply_bytes(sheep: &Sheep, req: &ReqHeader, reply: Reply) -> Outgoing {
         // The epoch at reply time (MAKE_FS answers with the new epoch).
         epoch: sheep.epoch(),
         id: req.id,
-        data_length: reply.data.len() as u32,
+        data_length: (reply.data.len() as u64 + reply.stream.as_ref().map(|s| s.len).unwrap_or(0))
+            as u32,
         result: reply.result.0,
         args: reply.args,
     };
     Outgoing {
         hdr: rsp.encode(),
         data: reply.data,
+        stream: reply.stream,
         _permit: None,
     }
 }
@@ -235,6 +245,41 @@ async fn send(
 ) -> Result<(), String> {
     out._permit = permit;
     tx.send(out).await.map_err(|_| "writer gone".to_string())
+}
+
+/// Sends a file range piece by piece. A read error after the header promised
+/// the bytes cannot be reported in-band: it closes the connection (the client
+/// sees a transport error and retries).
+async fn send_file_range<W: AsyncWrite + Unpin>(w: &mut W, s: FileRange) -> std::io::Result<()> {
+    // Its size is the request's whole reservation.
+    let mut buf = vec![0u8; STREAM_CHUNK.min(s.len as usize)];
+    let file = s.file.clone();
+    let mut done = 0u64;
+    while done < s.len {
+        let n = (s.len - done).min(STREAM_CHUNK as u64) as usize;
+        let off = s.offset + done;
+        let f = file.clone();
+        let (b, r) = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let r = f.read_exact_at(&mut buf[..n], off);
+            (buf, r)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        buf = b;
+        if let Err(e) = r {
+            tracing::error!(
+                oid = format_args!("{:016x}", s.oid),
+                offset = off,
+                error = %e,
+                "read failed while streaming a reply; closing the connection"
+            );
+            return Err(e);
+        }
+        w.write_all(&buf[..n]).await?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// Reads and discards `n` bytes.

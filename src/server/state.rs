@@ -10,7 +10,7 @@ use crate::proto::bitmap::VidBitmap;
 use crate::proto::node::{lock_state, NodeId, VdiState};
 use crate::proto::{cluster_flags, cluster_status};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -68,7 +68,54 @@ impl VdiEntry {
     }
 }
 
+/// A VDI operation that changes several files, recorded in the state before
+/// its first change and cleared by the state commit that finishes it. After a
+/// crash, startup (or the next VDI operation) rolls it forward when its new
+/// inode is complete and back otherwise ([`crate::server::Sheep`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub op: IntentOp,
+    /// The vid that becomes a snapshot (snapshot, rebase; 0 otherwise).
+    pub snap: u32,
+    /// The vid whose map is copied and whose references are bumped (0 for a
+    /// fresh create).
+    pub src: u32,
+    /// The vid being created, or deleted for [`IntentOp::Delete`].
+    pub vid: u32,
+    /// The new inode's create_time, also the snap_ctime given to `snap`.
+    pub time: u64,
+    /// What the finishing commit registers (`notify_vdi_add` arguments).
+    pub copies: u8,
+    pub copy_policy: u8,
+    pub block_size_shift: u8,
+    pub parent: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntentOp {
+    Create,
+    Clone,
+    Snapshot,
+    Rebase,
+    Delete,
+}
+
+impl IntentOp {
+    /// Name used in logs and crash points.
+    pub fn name(self) -> &'static str {
+        match self {
+            IntentOp::Create => "create",
+            IntentOp::Clone => "clone",
+            IntentOp::Snapshot => "snapshot",
+            IntentOp::Rebase => "rebase",
+            IntentOp::Delete => "delete",
+        }
+    }
+}
+
 /// The in-memory cluster state.
+#[derive(Clone)]
 pub struct State {
     pub formatted: bool,
     pub status: u8,
@@ -85,6 +132,11 @@ pub struct State {
     pub inuse: VidBitmap,
     pub deleted: VidBitmap,
     pub vdis: BTreeMap<u32, VdiEntry>,
+    /// The VDI operation in progress (persisted; see [`Intent`]).
+    pub pending: Option<Intent>,
+    /// Vids whose data objects are read-only although they are not (yet)
+    /// snapshots in `vdis`: a snapshot of them is in progress. In memory only.
+    pub frozen: HashSet<u32>,
 }
 
 impl State {
@@ -105,6 +157,8 @@ impl State {
             inuse: VidBitmap::new(),
             deleted: VidBitmap::new(),
             vdis: BTreeMap::new(),
+            pending: None,
+            frozen: HashSet::new(),
         }
     }
 
@@ -119,6 +173,12 @@ impl State {
     /// `vid_is_snapshot`: from the vdi state (unknown vids are not snapshots).
     pub fn is_snapshot(&self, vid: u32) -> bool {
         self.vdis.get(&vid).map(|e| e.snapshot).unwrap_or(false)
+    }
+
+    /// Whether the data objects of `vid` are read-only: it is a snapshot, or
+    /// is becoming one.
+    pub fn data_readonly(&self, vid: u32) -> bool {
+        self.is_snapshot(vid) || self.frozen.contains(&vid)
     }
 
     /// `get_vdi_copy_number`: unknown vids get the cluster default.
@@ -228,6 +288,7 @@ impl State {
                     parent: e.parent,
                 })
                 .collect(),
+            pending: self.pending.clone(),
         }
     }
 
@@ -265,6 +326,7 @@ impl State {
             e.deleted = r.deleted;
             s.vdis.insert(r.vid, e);
         }
+        s.pending = p.pending;
         s
     }
 }
@@ -285,6 +347,9 @@ struct Persist {
     inuse: Vec<u32>,
     deleted: Vec<u32>,
     vdis: Vec<VdiRec>,
+    /// Absent in files written before intents existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<Intent>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -373,8 +438,31 @@ mod tests {
         s.inuse.set(0x7c2b25);
         s.deleted.set(0x7c2b25);
         s.notify_vdi_add(0x7c2b26, 3, 0x7c2b25, 0, 22, true);
+        let it = Intent {
+            op: IntentOp::Snapshot,
+            snap: 0x7c2b26,
+            src: 0x7c2b26,
+            vid: 0x7c2b27,
+            time: 99 << 32,
+            copies: 3,
+            copy_policy: 0,
+            block_size_shift: 22,
+            parent: 0x7c2b26,
+        };
+        s.pending = Some(it.clone());
+        s.frozen.insert(0x7c2b26);
         f.save(&s).unwrap();
         let t = f.load().unwrap();
+        assert_eq!(t.pending, Some(it));
+        assert!(t.frozen.is_empty(), "frozen is in memory only");
+        // Files written before intents existed still load.
+        s.pending = None;
+        f.save(&s).unwrap();
+        assert!(!std::fs::read_to_string(f.path())
+            .unwrap()
+            .contains("pending"));
+        let t = f.load().unwrap();
+        assert_eq!(t.pending, None);
         assert_eq!(t.status, cluster_status::OK);
         assert!(t.inuse.test(0x7c2b26) && t.deleted.test(0x7c2b25));
         assert!(t.is_snapshot(0x7c2b25));

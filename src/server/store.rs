@@ -43,9 +43,29 @@ pub struct Store {
     locks: Box<[RwLock<()>]>,
     /// Objects written with CMD_CACHE and not yet synced, by vid.
     dirty: Mutex<HashMap<u32, HashSet<u64>>>,
+    /// Serialises flushes: a flush that finds the dirty set empty must not
+    /// answer while another one still syncs objects it took from the set.
+    flushing: Mutex<()>,
     /// Sum of object sizes (what dog calls "used").
     used: AtomicU64,
     tmp_seq: AtomicU64,
+}
+
+/// A temporary object file, removed on drop unless it was installed.
+struct TmpObj {
+    oid: u64,
+    size: u64,
+    file: File,
+    path: PathBuf,
+    installed: bool,
+}
+
+impl Drop for TmpObj {
+    fn drop(&mut self) {
+        if !self.installed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Guard of one oid's stripe.
@@ -90,6 +110,7 @@ impl Store {
             fds: Mutex::new(LruCache::new(cap)),
             locks: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             dirty: Mutex::new(HashMap::new()),
+            flushing: Mutex::new(()),
             used: AtomicU64::new(used),
             tmp_seq: AtomicU64::new(0),
         })
@@ -148,11 +169,6 @@ impl Store {
         self.fds.lock().contains(&oid) || self.path(oid).exists()
     }
 
-    /// Size of an existing object.
-    pub fn size_locked(&self, oid: u64) -> OpResult<u64> {
-        Ok(self.handle(oid)?.size)
-    }
-
     pub fn read(&self, oid: u64, offset: u64, buf: &mut [u8]) -> OpResult<()> {
         let _g = self.lock_shared(oid);
         self.read_locked(oid, offset, buf)
@@ -196,66 +212,125 @@ impl Store {
     }
 
     pub fn create(&self, oid: u64, size: u64, parts: &[(u64, &[u8])]) -> OpResult<()> {
+        // Written and synced before the object's lock is taken: only the
+        // rename happens under it.
+        let tmp = self.tmp_with(oid, size, parts)?;
         let _g = self.lock(oid);
-        self.create_locked(oid, size, parts)
+        self.install_locked(tmp)
     }
 
     /// Creates (or replaces) `oid` as a `size`-byte object that is all zeros
     /// except `parts` (offset, bytes). Atomic and durable when it returns Ok.
     pub fn create_locked(&self, oid: u64, size: u64, parts: &[(u64, &[u8])]) -> OpResult<()> {
-        for (off, data) in parts {
-            check_range(oid, *off, data.len(), size)?;
+        let tmp = self.tmp_with(oid, size, parts)?;
+        self.install_locked(tmp)
+    }
+
+    /// Creates `oid` as a copy of the first `size` bytes of `src` (zeros past
+    /// its end) with `data` written at `off` on top: a partial copy-on-write.
+    /// The copy goes file to file (copy_file_range, holes skipped), so memory
+    /// use does not grow with the object size. NO_OBJ if `src` is missing.
+    pub fn create_cow(&self, oid: u64, size: u64, src: u64, off: u64, data: &[u8]) -> OpResult<()> {
+        check_range(oid, off, data.len(), size)?;
+        let tmp = self.tmp_obj(oid, size)?;
+        {
+            let _g = self.lock_shared(src);
+            let h = self.handle(src)?;
+            let n = h.size.min(size);
+            copy_data(&h.file, &tmp.file, n)
+                .map_err(|e| io_res(&e, "copy-on-write from", &self.path(src)))?;
         }
-        let path = self.path(oid);
-        let tmp = self.dir.join(format!(
+        tmp.file
+            .write_all_at(data, off)
+            .and_then(|()| tmp.file.sync_all())
+            .map_err(|e| io_res(&e, "create", &self.path(oid)))?;
+        let _g = self.lock(oid);
+        self.install_locked(tmp)
+    }
+
+    /// A new private temporary file for `oid`, `size` bytes of zeros (a hole).
+    fn tmp_obj(&self, oid: u64, size: u64) -> OpResult<TmpObj> {
+        let path = self.dir.join(format!(
             "{}.tmp.{}",
             obj_name(oid),
             self.tmp_seq.fetch_add(1, Ordering::Relaxed)
         ));
-        let res = (|| -> io::Result<File> {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&tmp)?;
-            // A fresh file is one hole: only non-zero data needs writing.
-            f.set_len(size)?;
-            for (off, data) in parts {
-                write_sparse(&f, data, *off)?;
-            }
-            f.sync_all()?;
-            Ok(f)
-        })();
-        let file = match res {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(io_res(&e, "create", &path));
-            }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| io_res(&e, "create", &self.path(oid)))?;
+        let tmp = TmpObj {
+            oid,
+            size,
+            file,
+            path,
+            installed: false,
         };
+        tmp.file
+            .set_len(size)
+            .map_err(|e| io_res(&e, "create", &self.path(oid)))?;
+        Ok(tmp)
+    }
+
+    fn tmp_with(&self, oid: u64, size: u64, parts: &[(u64, &[u8])]) -> OpResult<TmpObj> {
+        for (off, data) in parts {
+            check_range(oid, *off, data.len(), size)?;
+        }
+        let tmp = self.tmp_obj(oid, size)?;
+        // A fresh file is one hole: only non-zero data needs writing.
+        for (off, data) in parts {
+            write_sparse(&tmp.file, data, *off)
+                .map_err(|e| io_res(&e, "create", &self.path(oid)))?;
+        }
+        tmp.file
+            .sync_all()
+            .map_err(|e| io_res(&e, "create", &self.path(oid)))?;
+        Ok(tmp)
+    }
+
+    /// Renames a temporary object (already synced) over its final name and
+    /// makes the rename durable. The caller holds `lock(tmp.oid)`.
+    fn install_locked(&self, mut tmp: TmpObj) -> OpResult<()> {
+        let oid = tmp.oid;
+        let path = self.path(oid);
         let old = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if let Err(e) = std::fs::rename(&tmp, &path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io_res(&e, "rename", &path));
-        }
+        // Whatever happens next, a cached handle may name the old file.
+        self.forget(oid);
+        std::fs::rename(&tmp.path, &path).map_err(|e| io_res(&e, "rename", &path))?;
+        tmp.installed = true;
         // The rename is durable only once the directory is.
-        if let Err(e) = self.sync_dir() {
-            return Err(io_res(&e, "fsync directory of", &path));
-        }
-        self.used.fetch_add(size, Ordering::Relaxed);
+        self.sync_dir()
+            .map_err(|e| io_res(&e, "fsync directory of", &path))?;
+        self.used.fetch_add(tmp.size, Ordering::Relaxed);
         self.used
             .fetch_sub(old.min(self.used_bytes()), Ordering::Relaxed);
+        let file = match tmp.file.try_clone() {
+            Ok(f) => f,
+            // Only the cache misses it; the next access opens the file.
+            Err(_) => return Ok(()),
+        };
         self.fds.lock().put(
             oid,
             Handle {
                 file: Arc::new(file),
-                size,
+                size: tmp.size,
             },
         );
         if let Some(set) = self.dirty.lock().get_mut(&oid::oid_to_vid(oid)) {
             set.remove(&oid);
         }
         Ok(())
+    }
+
+    /// The open file of `oid` after checking that `[offset, offset+len)` lies
+    /// inside it, for a reply streamed from the file.
+    pub fn open_range(&self, oid: u64, offset: u64, len: u64) -> OpResult<Arc<File>> {
+        let _g = self.lock_shared(oid);
+        let h = self.handle(oid)?;
+        check_range(oid, offset, len as usize, h.size)?;
+        Ok(h.file)
     }
 
     pub fn remove(&self, oid: u64) -> OpResult<()> {
@@ -287,6 +362,7 @@ impl Store {
 
     /// Makes every cached write of `vid` durable (FLUSH_VDI).
     pub fn sync_vid(&self, vid: u32) -> OpResult<()> {
+        let _f = self.flushing.lock();
         let oids = self.dirty.lock().remove(&vid).unwrap_or_default();
         let mut res = Ok(());
         for oid in oids {
@@ -320,13 +396,24 @@ impl Store {
 
     /// Every stored oid, ascending.
     pub fn list(&self) -> OpResult<Vec<u64>> {
+        Ok(self.list_upto(usize::MAX)?.unwrap_or_default())
+    }
+
+    /// Every stored oid, ascending, or None when there are more than `max`
+    /// (so a client's small buffer never makes the server list them all).
+    pub fn list_upto(&self, max: usize) -> OpResult<Option<Vec<u64>>> {
         let rd = std::fs::read_dir(&self.dir).map_err(|e| io_res(&e, "list", &self.dir))?;
-        let mut v: Vec<u64> = rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| parse_name(&e.file_name().to_string_lossy()))
-            .collect();
+        let mut v = Vec::new();
+        for e in rd.filter_map(|e| e.ok()) {
+            if let Some(oid) = parse_name(&e.file_name().to_string_lossy()) {
+                if v.len() == max {
+                    return Ok(None);
+                }
+                v.push(oid);
+            }
+        }
         v.sort_unstable();
-        Ok(v)
+        Ok(Some(v))
     }
 
     /// Removes every object (MAKE_FS).
@@ -364,6 +451,100 @@ fn check_range(oid: u64, offset: u64, len: usize, size: u64) -> OpResult<()> {
             Err(SdRes::INVALID_PARMS)
         }
     }
+}
+
+/// Buffer size of the copy fallback (when copy_file_range is not available).
+pub const COPY_CHUNK: usize = 1 << 20;
+
+/// Copies bytes `[0, len)` of `src` into the fresh (all-hole) file `dst`,
+/// skipping the holes of `src`, without buffering more than [`COPY_CHUNK`].
+fn copy_data(src: &File, dst: &File, len: u64) -> io::Result<()> {
+    let mut pos = 0;
+    while pos < len {
+        let start = match seek(src, pos, libc::SEEK_DATA) {
+            Ok(p) => p,
+            // No data after `pos`: the rest is a hole.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok(()),
+            // Holes unknown to this filesystem: copy everything.
+            Err(_) => return copy_range(src, dst, pos, len - pos),
+        };
+        if start >= len {
+            return Ok(());
+        }
+        let end = seek(src, start, libc::SEEK_HOLE).unwrap_or(len).min(len);
+        if end <= start {
+            return copy_range(src, dst, start, len - start);
+        }
+        copy_range(src, dst, start, end - start)?;
+        pos = end;
+    }
+    Ok(())
+}
+
+fn seek(f: &File, off: u64, whence: i32) -> io::Result<u64> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: lseek on a descriptor we own; only its file offset changes,
+    // which nothing else uses (all I/O is positional).
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+/// Copies `[off, off+len)` of `src` to the same range of `dst`: in the kernel
+/// when it can, else through a bounded buffer (zero runs left as holes).
+fn copy_range(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let mut done = 0u64;
+    while done < len {
+        let mut off_in = (off + done) as libc::loff_t;
+        let mut off_out = off_in;
+        let want = (len - done).min(1 << 30) as usize;
+        // SAFETY: valid descriptors and offset pointers to locals.
+        let r = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                want,
+                0,
+            )
+        };
+        if r > 0 {
+            done += r as u64;
+            continue;
+        }
+        if r == 0 {
+            // The source ended early (it cannot; be safe): the rest stays zero.
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ENOSYS)
+            | Some(libc::EXDEV)
+            | Some(libc::EINVAL)
+            | Some(libc::EOPNOTSUPP)
+            | Some(libc::EPERM) => return copy_buffered(src, dst, off + done, len - done),
+            _ => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_buffered(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; COPY_CHUNK.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        src.read_exact_at(&mut buf[..n], off + done)?;
+        write_sparse(dst, &buf[..n], off + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// Writes `data` at `off` into a file known to be zero there, skipping zero runs.
@@ -428,6 +609,70 @@ mod tests {
         let s = Store::open(d.path(), 16).unwrap();
         assert!(s.list().unwrap().is_empty());
         assert!(!d.path().join("0000000700000001.tmp.3").exists());
+    }
+
+    #[test]
+    fn copy_on_write_copies_data_keeps_holes_and_overlays() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), 16).unwrap();
+        let size = 64u64 << 20;
+        let a = pattern_bytes(5000, 1);
+        let b = pattern_bytes(3 << 20, 2);
+        s.create(1, size, &[(100, &a), (40 << 20, &b)]).unwrap();
+        let patch = pattern_bytes(70_000, 3);
+        s.create_cow(2, size, 1, (40 << 20) - 1000, &patch).unwrap();
+        let mut got = vec![0u8; size as usize];
+        s.read(2, 0, &mut got).unwrap();
+        let mut want = vec![0u8; size as usize];
+        want[100..100 + a.len()].copy_from_slice(&a);
+        want[40 << 20..(40 << 20) + b.len()].copy_from_slice(&b);
+        let p = (40 << 20) - 1000;
+        want[p..p + patch.len()].copy_from_slice(&patch);
+        assert!(got == want, "COW content");
+        let blocks = std::fs::metadata(d.path().join(obj_name(2)))
+            .unwrap()
+            .blocks()
+            * 512;
+        assert!(blocks < 8 << 20, "holes were filled: {blocks} bytes");
+        // Missing source: NO_OBJ, nothing left behind.
+        assert_eq!(s.create_cow(3, size, 9, 0, b"x"), Err(SdRes::NO_OBJ));
+        assert_eq!(s.list().unwrap(), vec![1, 2]);
+        // A source shorter than the object: the rest is zeros.
+        s.create(4, 8192, &[(0, &[7u8; 8192])]).unwrap();
+        s.create_cow(5, 1 << 20, 4, 100, b"yz").unwrap();
+        let mut g = vec![1u8; 1 << 20];
+        s.read(5, 0, &mut g).unwrap();
+        assert!(g[..100].iter().all(|&x| x == 7) && &g[100..102] == b"yz");
+        assert!(g[102..8192].iter().all(|&x| x == 7) && g[8192..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn buffered_copy_fallback() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        let dst = d.path().join("dst");
+        let data = pattern_bytes(3 * COPY_CHUNK + 12345, 9);
+        std::fs::write(&src, &data).unwrap();
+        let f = File::open(&src).unwrap();
+        let g = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&dst)
+            .unwrap();
+        g.set_len(data.len() as u64 + 10).unwrap();
+        copy_buffered(&f, &g, 7, data.len() as u64 - 7).unwrap();
+        let out = std::fs::read(&dst).unwrap();
+        assert_eq!(&out[7..data.len()], &data[7..]);
+        assert!(out[..7].iter().all(|&x| x == 0));
+    }
+
+    fn pattern_bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| ((i % 251) as u8).wrapping_add(seed) | 1)
+            .collect()
     }
 
     #[test]

@@ -5,13 +5,13 @@
 
 use super::core::{cstr, vdi_args, Reply, Req, Sheep};
 use super::error::OpResult;
-use super::state::State;
+use super::fault;
+use super::state::{Intent, IntentOp};
 use crate::proto::bytes::{get_u32, get_u64, put_u32, put_u64};
 use crate::proto::hash::{fnv1a_64, FNV1A_64_INIT};
 use crate::proto::header::VdiRsp;
 use crate::proto::inode::{
-    self, Btree, DATA_VDI_ID_OFFSET, GREF_OFFSET, SD_INODE_DATA_INDEX, SD_INODE_HEADER_SIZE,
-    SD_INODE_SIZE,
+    self, DATA_VDI_ID_OFFSET, GREF_OFFSET, SD_INODE_DATA_INDEX, SD_INODE_HEADER_SIZE, SD_INODE_SIZE,
 };
 use crate::proto::node::lock_state;
 use crate::proto::{
@@ -96,21 +96,11 @@ impl Sheep {
     }
 
     /// `fill_vdi_info_range`: scans `[left, right)` downwards.
-    fn fill_range(
-        &self,
-        st: &State,
-        left: u32,
-        right: u32,
-        q: &Query,
-        info: &mut Info,
-    ) -> OpResult<()> {
+    fn fill_range(&self, left: u32, right: u32, q: &Query, info: &mut Info) -> OpResult<()> {
         let mut vdi_found = false;
-        let mut i = right;
-        while i > left.max(1) {
-            i -= 1;
-            if !st.inuse.test(i) && !st.deleted.test(i) {
-                continue;
-            }
+        let mut below = right;
+        while let Some(i) = self.prev_used(left.max(1), below) {
+            below = i;
             let ino = self.read_inode(i, LOOKUP_LEN)?;
             if cstr(&ino[..NAME_LEN]) != cstr(q.name) {
                 continue;
@@ -148,42 +138,69 @@ impl Sheep {
         })
     }
 
-    /// `vdi_lookup` (§5.6).
-    fn lookup(&self, q: &Query, info: &mut Info) -> OpResult<()> {
+    /// The highest vid in `[left, below)` set in the in-use or deleted
+    /// bitmap. The state lock is held only for the search, never across inode
+    /// reads (a thread holding an object lock may need the state); the
+    /// bitmaps cannot change in between, as lookups run under `vdi_lock`.
+    fn prev_used(&self, left: u32, below: u32) -> Option<u32> {
         let st = self.state.read();
-        if st.recycle_vid() {
-            info.free_bit = first_clear(&st.inuse, 1);
-            let r = self.fill_range(&st, 1, SD_NR_VDIS, q, info);
-            if r == Err(SdRes::NO_VDI) && info.vid != 0 && st.inuse.test(info.vid) {
+        let (u, d) = (st.inuse.as_bytes(), st.deleted.as_bytes());
+        let mut v = below.min(SD_NR_VDIS);
+        while v > left {
+            let byte = (v / 8) as usize;
+            if v % 8 == 0 && v - 8 >= left && u[byte - 1] | d[byte - 1] == 0 {
+                v -= 8;
+                continue;
+            }
+            v -= 1;
+            if st.inuse.test(v) || st.deleted.test(v) {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// `vdi_lookup` (§5.6). The caller holds `vdi_lock`.
+    fn lookup(&self, q: &Query, info: &mut Info) -> OpResult<()> {
+        let (recycle, left, first_free) = {
+            let st = self.state.read();
+            let left = hash_name(q.name);
+            (
+                st.recycle_vid(),
+                left,
+                (first_clear(&st.inuse, 1), first_clear(&st.inuse, left)),
+            )
+        };
+        if recycle {
+            info.free_bit = first_free.0;
+            let r = self.fill_range(1, SD_NR_VDIS, q, info);
+            if r == Err(SdRes::NO_VDI) && info.vid != 0 && self.state.read().inuse.test(info.vid) {
                 return Ok(());
             }
             return r;
         }
-        let left = hash_name(q.name);
-        let mut right = first_clear(&st.inuse, left);
+        let mut right = first_free.1;
         info.free_bit = right;
         if left == right {
             return Err(SdRes::NO_VDI);
         }
         if right == SD_NR_VDIS {
-            right = first_clear(&st.inuse, 1);
+            right = first_free.0;
             info.free_bit = right;
             if right == SD_NR_VDIS {
                 return Err(SdRes::FULL_VDI);
             }
         }
         if left < right {
-            return self.fill_range(&st, left, right, q, info);
+            return self.fill_range(left, right, q, info);
         }
         let r = if right > 1 {
-            self.fill_range(&st, 1, right, q, info)
+            self.fill_range(1, right, q, info)
         } else {
             Err(SdRes::NO_VDI)
         };
         match r {
-            Err(SdRes::NO_VDI) | Err(SdRes::NO_TAG) => {
-                self.fill_range(&st, left, SD_NR_VDIS, q, info)
-            }
+            Err(SdRes::NO_VDI) | Err(SdRes::NO_TAG) => self.fill_range(left, SD_NR_VDIS, q, info),
             r => r,
         }
     }
@@ -199,7 +216,14 @@ impl Sheep {
         .encode()
     }
 
+    /// GET_VDI_INFO. Under `vdi_lock` for reading: never between the steps
+    /// of a snapshot, clone or delete, when a name may have no working VDI.
     pub(crate) fn get_vdi_info(&self, req: &Req) -> Reply {
+        let _v = self.vdi_lock.read();
+        self.get_vdi_info_locked(req)
+    }
+
+    fn get_vdi_info_locked(&self, req: &Req) -> Reply {
         let a = vdi_args(&req.hdr);
         let q = match parse_name_tag(&req.data, a.snapid) {
             Ok(q) => q,
@@ -215,7 +239,8 @@ impl Sheep {
     /// LOCK_VDI (§7.1): a lookup, plus the lock when the cluster uses locking.
     /// The lock owner is this node, whoever the client is.
     pub(crate) fn lock_vdi(&self, req: &Req) -> Reply {
-        let r = self.get_vdi_info(req);
+        let _v = self.vdi_lock.read();
+        let r = self.get_vdi_info_locked(req);
         if r.result != SdRes::SUCCESS || !self.state.read().use_lock() {
             return r;
         }
@@ -341,12 +366,14 @@ impl Sheep {
             shift,
             time: sd_now(),
         };
-        let _g = self.vdi_mutex.lock();
-        let r = if a.snapid != 0 {
-            self.vdi_snapshot(&p)
-        } else {
-            self.vdi_create(&p)
-        };
+        let _g = self.vdi_lock.write();
+        let r = self.resolve_pending().and_then(|()| {
+            if a.snapid != 0 {
+                self.vdi_snapshot(&p)
+            } else {
+                self.vdi_create(&p)
+            }
+        });
         match r {
             Ok(vid) => {
                 tracing::info!(
@@ -376,19 +403,41 @@ impl Sheep {
             Err(e) => return Err(e),
         }
         let snapid = if info.snapid == 0 { 1 } else { info.snapid };
-        let new_vid = info.free_bit;
-        let old_vid = if p.base == 0 { info.vid } else { p.base };
-        if p.base == 0 {
-            self.write_new_inode(p, snapid, new_vid, None)?;
+        let it = Intent {
+            op: if p.base == 0 {
+                IntentOp::Create
+            } else {
+                IntentOp::Clone
+            },
+            snap: 0,
+            src: p.base,
+            vid: info.free_bit,
+            time: p.time,
+            copies: p.copies,
+            copy_policy: p.cp,
+            block_size_shift: p.shift,
+            parent: if p.base == 0 { info.vid } else { p.base },
+        };
+        self.begin(&it)?;
+        let r = if p.base == 0 {
+            self.write_new_inode(p, snapid, it.vid, None)
         } else {
-            let base = self.bump_base_refs(p.base, None)?;
-            self.write_new_inode(p, snapid, new_vid, Some(&base))?;
-        }
-        self.register(p, new_vid, old_vid)?;
-        Ok(new_vid)
+            self.bump_base_refs(p.base, None).and_then(|base| {
+                fault::point("clone-base")?;
+                self.write_new_inode(p, snapid, it.vid, Some(&base))
+            })
+        };
+        self.finish(&it, r)
     }
 
     /// `vdi_snapshot`: snapshot (base = working) or rebase.
+    ///
+    /// The working VDI `w` is frozen first: from then on its data objects
+    /// are READONLY, and no change admitted before is still in flight. Then,
+    /// under its inode's lock, its map is copied and snap_ctime set in one
+    /// atomic replacement of the inode, so a client that updates a map entry
+    /// and then reads snap_ctime either had its entry copied or sees the
+    /// snapshot. All of it is bracketed by an intent (crash safety).
     fn vdi_snapshot(&self, p: &NewVdi) -> OpResult<u32> {
         let q = Query {
             name: p.name,
@@ -397,25 +446,179 @@ impl Sheep {
         };
         let mut info = Info::default();
         self.lookup(&q, &mut info)?;
-        let new_vid = info.free_bit;
-        let base = if p.base == info.vid {
-            self.bump_base_refs(p.base, Some(p.time))?
+        let w = info.vid;
+        let rebase = p.base != w;
+        let it = Intent {
+            op: if rebase {
+                IntentOp::Rebase
+            } else {
+                IntentOp::Snapshot
+            },
+            snap: w,
+            src: p.base,
+            vid: info.free_bit,
+            time: p.time,
+            copies: p.copies,
+            copy_policy: p.cp,
+            block_size_shift: p.shift,
+            parent: w,
+        };
+        self.begin(&it)?;
+        let r = if !rebase {
+            self.bump_base_refs(w, Some(p.time))
         } else {
             // Rebase: the current working VDI becomes a snapshot; the new one
             // is cloned from `base`.
-            let cur = oid::vid_to_vdi_oid(info.vid);
-            self.store
-                .write(cur, SNAP_CTIME_OFF as u64, &p.time.to_le_bytes(), true)?;
-            self.bump_base_refs(p.base, None)?
+            self.set_snap_ctime(w, p.time)
+                .and_then(|()| self.bump_base_refs(p.base, None))
+        }
+        .and_then(|base| {
+            fault::point(&format!("{}-base", it.op.name()))?;
+            self.write_new_inode(p, info.snapid, it.vid, Some(&base))
+        });
+        self.finish(&it, r)
+    }
+
+    /// Records `it` durably before anything changes; freezes the VDI that
+    /// becomes a snapshot.
+    fn begin(&self, it: &Intent) -> OpResult<()> {
+        self.commit(|s| s.pending = Some(it.clone()))?;
+        if it.snap != 0 {
+            self.freeze(it.snap);
+        }
+        if let Err(e) = fault::point(&format!("{}-intent", it.op.name())) {
+            // Nothing changed yet, but the intent is there: undo it.
+            self.finish(it, Err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the data objects of `vid` read-only (see `gates`).
+    fn freeze(&self, vid: u32) {
+        let _g = self.gate(vid).write();
+        self.state.write().frozen.insert(vid);
+    }
+
+    /// Ends an operation: commits it when its steps succeeded, else undoes
+    /// them.
+    fn finish(&self, it: &Intent, r: OpResult<()>) -> OpResult<u32> {
+        let r = r.and_then(|()| {
+            fault::point(&format!("{}-inode", it.op.name()))?;
+            self.complete(it)
+        });
+        match r {
+            Ok(()) => Ok(it.vid),
+            Err(e) => {
+                tracing::warn!(?it, ?e, "VDI operation failed; undoing it");
+                if let Err(e2) = self.roll_back(it) {
+                    tracing::error!(
+                        ?it,
+                        ?e2,
+                        "undoing the failed VDI operation failed; retried by the next one and at startup"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The commit that finishes a create/clone/snapshot/rebase: the new vid
+    /// is registered (its parent becomes a snapshot) and the intent cleared.
+    fn complete(&self, it: &Intent) -> OpResult<()> {
+        self.commit(|s| {
+            s.notify_vdi_add(
+                it.vid,
+                it.copies,
+                it.parent,
+                it.copy_policy,
+                it.block_size_shift,
+                false,
+            );
+            s.inuse.set(it.vid);
+            s.pending = None;
+            s.frozen.remove(&it.snap);
+        })
+    }
+
+    /// Finishes or undoes the operation a crash (or a failed undo) left in
+    /// the state. Runs at startup and before every VDI operation, under
+    /// `vdi_lock` for writing. A deletion is always finished; the others are
+    /// finished when their new inode is complete (it is written last, after
+    /// every other change) and undone otherwise.
+    pub(crate) fn resolve_pending(&self) -> OpResult<()> {
+        let Some(it) = self.state.read().pending.clone() else {
+            return Ok(());
         };
-        self.write_new_inode(p, info.snapid, new_vid, Some(&base))?;
-        self.register(p, new_vid, info.vid)?;
-        Ok(new_vid)
+        if it.op == IntentOp::Delete {
+            tracing::warn!(?it, "finishing an interrupted VDI deletion");
+            return self.finish_delete(it.vid);
+        }
+        if self.new_inode_complete(&it)? {
+            tracing::warn!(?it, "finishing an interrupted VDI operation");
+            self.complete(&it)
+        } else {
+            tracing::warn!(?it, "undoing an interrupted VDI operation");
+            self.roll_back(&it)
+        }
+    }
+
+    /// Whether the inode `it` creates exists (creates are atomic, so an
+    /// existing file is whole) and is this operation's (its create_time).
+    fn new_inode_complete(&self, it: &Intent) -> OpResult<bool> {
+        match self.read_inode(it.vid, LOOKUP_LEN) {
+            Ok(h) => {
+                Ok(get_u32(&h, VDI_ID_OFF) == it.vid && get_u64(&h, CREATE_TIME_OFF) == it.time)
+            }
+            Err(SdRes::NO_OBJ) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Undoes an unfinished create/clone/snapshot/rebase: drops its new inode,
+    /// clears the snap_ctime it gave the working VDI (and, for a snapshot,
+    /// the references it added with it), then clears the intent and thaws
+    /// the VDI. References a clone or rebase added to its source may stay
+    /// one too high: that only keeps objects longer, never loses any.
+    fn roll_back(&self, it: &Intent) -> OpResult<()> {
+        if self.new_inode_complete(it)? {
+            match self.store.remove(oid::vid_to_vdi_oid(it.vid)) {
+                Ok(()) | Err(SdRes::NO_OBJ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match it.op {
+            IntentOp::Snapshot => self.unbump_base(it.snap, it.time)?,
+            IntentOp::Rebase => {
+                let ioid = oid::vid_to_vdi_oid(it.snap);
+                let _g = self.store.lock(ioid);
+                let mut b = [0u8; 8];
+                self.store
+                    .read_locked(ioid, SNAP_CTIME_OFF as u64, &mut b)?;
+                if u64::from_le_bytes(b) == it.time {
+                    self.store
+                        .write_locked(ioid, SNAP_CTIME_OFF as u64, &[0; 8], true)?;
+                }
+            }
+            _ => {}
+        }
+        self.commit(|s| {
+            s.pending = None;
+            s.frozen.remove(&it.snap);
+        })
+    }
+
+    /// Sets snap_ctime of the working VDI `vid` (rebase).
+    fn set_snap_ctime(&self, vid: u32, time: u64) -> OpResult<()> {
+        let ioid = oid::vid_to_vdi_oid(vid);
+        let _g = self.store.lock(ioid);
+        self.store
+            .write_locked(ioid, SNAP_CTIME_OFF as u64, &time.to_le_bytes(), true)
     }
 
     /// Reads the base inode, increments its references for every mapped entry
     /// (and sets snap_ctime when it becomes a snapshot), writes the changes
-    /// back and returns the updated inode.
+    /// back and returns the updated inode. The inode is replaced atomically
+    /// (a crash leaves the old one or the new one), under its lock.
     fn bump_base_refs(&self, base: u32, snap_time: Option<u64>) -> OpResult<Vec<u8>> {
         let boid = oid::vid_to_vdi_oid(base);
         let _g = self.store.lock(boid);
@@ -423,7 +626,6 @@ impl Sheep {
         self.store
             .read_locked(boid, 0, &mut ino)
             .map_err(|_| SdRes::BASE_VDI_READ)?;
-        let orig = ino.clone();
         if let Some(t) = snap_time {
             put_u64(&mut ino, SNAP_CTIME_OFF, t);
         }
@@ -434,8 +636,40 @@ impl Sheep {
                 put_u32(&mut ino, off, c.wrapping_add(1));
             }
         }
-        write_diff(self, boid, &orig, &ino).map_err(|_| SdRes::BASE_VDI_WRITE)?;
+        self.store
+            .create_locked(boid, SD_INODE_SIZE as u64, &[(0, &ino)])
+            .map_err(|e| {
+                if e == SdRes::NO_SPACE {
+                    e
+                } else {
+                    SdRes::BASE_VDI_WRITE
+                }
+            })?;
         Ok(ino)
+    }
+
+    /// Undoes [`Sheep::bump_base_refs`] of a snapshot if it happened (the
+    /// inode has this snapshot's time): snap_ctime back to 0, one reference
+    /// less per mapped entry. Entries rewritten since had their references
+    /// cleared by that update, so they stay at 0.
+    fn unbump_base(&self, base: u32, time: u64) -> OpResult<()> {
+        let boid = oid::vid_to_vdi_oid(base);
+        let _g = self.store.lock(boid);
+        let mut ino = vec![0u8; SD_INODE_SIZE];
+        self.store.read_locked(boid, 0, &mut ino)?;
+        if get_u64(&ino, SNAP_CTIME_OFF) != time {
+            return Ok(());
+        }
+        put_u64(&mut ino, SNAP_CTIME_OFF, 0);
+        for i in 0..SD_INODE_DATA_INDEX {
+            if get_u32(&ino, DATA_VDI_ID_OFFSET + 4 * i) != 0 {
+                let off = GREF_OFFSET + 8 * i + 4;
+                let c = get_u32(&ino, off);
+                put_u32(&mut ino, off, c.saturating_sub(1));
+            }
+        }
+        self.store
+            .create_locked(boid, SD_INODE_SIZE as u64, &[(0, &ino)])
     }
 
     /// `alloc_inode` + create: a new inode, optionally cloned from `base`.
@@ -502,14 +736,6 @@ impl Sheep {
         })
     }
 
-    /// Records the new vid: vdi state (old vid becomes a snapshot) and in-use bit.
-    fn register(&self, p: &NewVdi, new_vid: u32, old_vid: u32) -> OpResult<()> {
-        self.commit(|s| {
-            s.notify_vdi_add(new_vid, p.copies, old_vid, p.cp, p.shift, false);
-            s.inuse.set(new_vid);
-        })
-    }
-
     /// DEL_VDI (§5.9). SUCCESS with the vid even when the deletion itself had
     /// to be abandoned because data_vdi_id still maps objects.
     pub(crate) fn del_vdi(&self, req: &Req) -> Reply {
@@ -518,21 +744,38 @@ impl Sheep {
             Ok(q) => q,
             Err(e) => return Reply::res(e),
         };
-        let _g = self.vdi_mutex.lock();
+        let _g = self.vdi_lock.write();
+        if let Err(e) = self.resolve_pending() {
+            return Reply::res(e);
+        }
         let mut info = Info::default();
         if let Err(e) = self.lookup(&q, &mut info) {
             return Reply::res(e);
         }
         let vid = info.vid;
-        if let Err(e) = self.delete_inode(vid) {
-            tracing::error!(vid = format_args!("{vid:x}"), ?e, "deleting VDI failed");
+        // Recorded first so that a crash between clearing the inode and
+        // setting the deleted bit is finished at startup.
+        let it = Intent {
+            op: IntentOp::Delete,
+            snap: 0,
+            src: 0,
+            vid,
+            time: 0,
+            copies: 0,
+            copy_policy: 0,
+            block_size_shift: 0,
+            parent: 0,
+        };
+        if let Err(e) = self.commit(|s| s.pending = Some(it.clone())) {
+            return Reply::res(e);
         }
-        if let Err(e) = self.commit(|s| {
-            s.deleted.set(vid);
-            if let Some(e) = s.vdis.get_mut(&vid) {
-                e.deleted = true;
-            }
-        }) {
+        if let Err(e) = fault::point("delete-intent") {
+            // Nothing changed yet: drop the intent.
+            let _ = self.commit(|s| s.pending = None);
+            return Reply::res(e);
+        }
+        // From here on a deletion is only ever finished, never undone.
+        if let Err(e) = self.finish_delete(vid) {
             return Reply::res(e);
         }
         Reply::ok().with_args(
@@ -544,10 +787,27 @@ impl Sheep {
         )
     }
 
-    /// `delete_vdi_work`.
+    /// The steps of a deletion after its intent: the inode, then the
+    /// deleted bit (clearing the intent). Repeatable.
+    fn finish_delete(&self, vid: u32) -> OpResult<()> {
+        if let Err(e) = self.delete_inode(vid) {
+            tracing::error!(vid = format_args!("{vid:x}"), ?e, "deleting VDI failed");
+        }
+        fault::point("delete-inode")?;
+        self.commit(|s| {
+            s.deleted.set(vid);
+            if let Some(e) = s.vdis.get_mut(&vid) {
+                e.deleted = true;
+            }
+            s.pending = None;
+        })
+    }
+
+    /// `delete_vdi_work`. The caller holds `vdi_lock` for writing.
     fn delete_inode(&self, vid: u32) -> OpResult<()> {
         let ioid = oid::vid_to_vdi_oid(vid);
-        let mut ino = vec![0u8; SD_INODE_SIZE];
+        // Header and map; the references are not needed.
+        let mut ino = vec![0u8; GREF_OFFSET];
         self.store.read(ioid, 0, &mut ino)?;
         let deleted = ino[0] == 0;
         if get_u64(&ino, 536) == 0 && deleted {
@@ -570,32 +830,38 @@ impl Sheep {
                 return Ok(());
             }
         } else if !self.state.read().is_snapshot(vid) {
-            // Hyper volume: drop the data objects this vid owns.
-            let mut tree =
-                Btree::from_root(&ino[DATA_VDI_ID_OFFSET..GREF_OFFSET]).map_err(|_| SdRes::EIO)?;
-            for (_, leaf) in tree.root_indirect.clone() {
-                let mut node = vec![0u8; inode::BTREE_NODE_SIZE];
-                if self.store.read(leaf, 0, &mut node).is_ok() {
-                    let _ = tree.add_leaf(leaf, &node);
+            // Hyper volume: drop the data objects this vid owns and no other
+            // inode maps.
+            drop(ino);
+            match self.load_btree(vid) {
+                Ok(tree) => {
+                    let own: Vec<u32> = tree
+                        .entries()
+                        .into_iter()
+                        .filter(|&(_, owner)| owner == vid)
+                        .map(|(idx, _)| idx)
+                        .collect();
+                    self.reclaim_locked(vid, &own, true);
                 }
-            }
-            for (idx, owner) in tree.entries() {
-                if owner == vid {
-                    let _ = self.store.remove(oid::vid_to_data_oid(vid, idx));
-                }
+                Err(e) => tracing::warn!(
+                    vid = format_args!("{vid:x}"),
+                    ?e,
+                    "cannot read the B-tree; its objects are kept"
+                ),
             }
         }
         if deleted {
             return Ok(());
         }
+        // Name and size cleared, everything after the header zero: the new
+        // inode replaces the old one atomically.
         let _g = self.store.lock(ioid);
-        let mut cur = vec![0u8; SD_INODE_SIZE];
-        self.store.read_locked(ioid, 0, &mut cur)?;
-        let mut new = cur.clone();
-        new[..NAME_LEN].fill(0);
-        put_u64(&mut new, 536, 0);
-        new[SD_INODE_HEADER_SIZE..].fill(0);
-        write_diff_locked(self, ioid, &cur, &new)
+        let mut h = vec![0u8; SD_INODE_HEADER_SIZE];
+        self.store.read_locked(ioid, 0, &mut h)?;
+        h[..NAME_LEN].fill(0);
+        put_u64(&mut h, 536, 0);
+        self.store
+            .create_locked(ioid, SD_INODE_SIZE as u64, &[(0, &h)])
     }
 
     /// GET_VDI_ATTR (§5.8).
@@ -611,7 +877,7 @@ impl Sheep {
             tag: Some(&req.data[256..512]),
             snapid: a.snapid,
         };
-        let _g = self.vdi_mutex.lock();
+        let _g = self.vdi_lock.write();
         let mut info = Info::default();
         if let Err(e) = self.lookup(&q, &mut info) {
             return Reply::res(e);
@@ -709,43 +975,4 @@ struct NewVdi<'a> {
     store_policy: u8,
     shift: u8,
     time: u64,
-}
-
-/// Writes the 4 KiB blocks of `new` that differ from `old` (both the whole object).
-fn write_diff(s: &Sheep, oid: u64, old: &[u8], new: &[u8]) -> OpResult<()> {
-    diff_ranges(old, new, |off, data| {
-        s.store.write_locked(oid, off, data, true)
-    })
-}
-
-fn write_diff_locked(s: &Sheep, oid: u64, old: &[u8], new: &[u8]) -> OpResult<()> {
-    write_diff(s, oid, old, new)
-}
-
-fn diff_ranges(
-    old: &[u8],
-    new: &[u8],
-    mut f: impl FnMut(u64, &[u8]) -> OpResult<()>,
-) -> OpResult<()> {
-    const BLK: usize = 4096;
-    let n = old.len().min(new.len());
-    let mut i = 0;
-    while i < n {
-        let e = (i + BLK).min(n);
-        if old[i..e] == new[i..e] {
-            i = e;
-            continue;
-        }
-        let mut j = e;
-        while j < n {
-            let k = (j + BLK).min(n);
-            if old[j..k] == new[j..k] {
-                break;
-            }
-            j = k;
-        }
-        f(i as u64, &new[i..j])?;
-        i = j;
-    }
-    Ok(())
 }
