@@ -90,6 +90,11 @@ pub struct OpenOptions {
     pub read_only: bool,
     /// Cache whole objects in this client-side LRU (sheepfs `-k`).
     pub cache: Option<Arc<ObjectCache>>,
+    /// Send exactly dog's requests: no `snap_ctime` read after a map update.
+    /// Without that read, an allocating write that races with a snapshot
+    /// taken elsewhere can end up only in the snapshot, as with dog. Only
+    /// for tools that must mirror dog's traffic (sheepctl).
+    pub dog_requests: bool,
 }
 
 /// Counters of one volume.
@@ -134,6 +139,8 @@ pub struct Volume {
     /// Serialises B-tree map updates of hyper volumes (they rewrite the root).
     btree_lock: tokio::sync::Mutex<()>,
     object_cache: AtomicBool,
+    /// See [`OpenOptions::dog_requests`].
+    dog_requests: bool,
     /// vids written with CMD_CACHE since the last flush.
     dirty_vids: Mutex<HashSet<u32>>,
     /// The client-side object cache, if any (can be switched while open).
@@ -251,6 +258,7 @@ impl Volume {
             reload_lock: tokio::sync::Mutex::new(()),
             btree_lock: tokio::sync::Mutex::new(()),
             object_cache: AtomicBool::new(opts.object_cache),
+            dog_requests: opts.dog_requests,
             dirty_vids: Mutex::new(HashSet::new()),
             cache: RwLock::new(cache),
             closed: AtomicBool::new(false),
@@ -620,11 +628,16 @@ impl Volume {
                 )
             };
             put(value).await?;
-            let b = self
-                .client
-                .read_obj(ioid, inode::SNAP_CTIME_OFFSET as u32, 8, 0)
-                .await?;
-            if crate::proto::bytes::get_u64(&b, 0) == 0 {
+            let snap_ctime = if self.dog_requests {
+                0
+            } else {
+                let b = self
+                    .client
+                    .read_obj(ioid, inode::SNAP_CTIME_OFFSET as u32, 8, 0)
+                    .await?;
+                crate::proto::bytes::get_u64(&b, 0)
+            };
+            if snap_ctime == 0 {
                 if self.set_entry_if(gen, idx, value) {
                     return Ok(());
                 }

@@ -1131,6 +1131,8 @@ async fn open_volume(
         OpenOptions {
             snapshot: sel,
             object_cache: writeback,
+            // sheepctl sends dog's exact requests (checked by golden tests).
+            dog_requests: true,
             ..Default::default()
         },
     );

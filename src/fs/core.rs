@@ -821,6 +821,7 @@ impl FsCore {
             object_cache: self.object_cache(),
             read_only,
             cache: client_cache.then(|| self.cache.clone()),
+            dog_requests: false,
         };
         let vol = Volume::open(self.client.clone(), &spec.vdi, opts)
             .await

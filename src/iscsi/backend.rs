@@ -484,6 +484,7 @@ impl Registry {
                     object_cache: true,
                     read_only: !snap.is_working(),
                     cache: None,
+                    dog_requests: false,
                 };
                 let vol = Volume::open(client, vdi, opts)
                     .await
