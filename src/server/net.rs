@@ -187,8 +187,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
             id = hdr.id
         );
         // The handler runs on the blocking pool and hands its reply straight
-        // to the writer: no async task in between (one thread hand-off less
-        // per request, which is most of the cost of a small cached write).
+        // to the writer: no async task in between, one thread hand-off less
+        // per request.
         tokio::task::spawn_blocking(move || {
             span.in_scope(|| {
                 let reply = run_request(&ctx2.sheep, Req { hdr, data });
