@@ -14,8 +14,7 @@ use crate::proto::node::{
     ClusterInfo, EpochLog, SdNode, VdiState, CLUSTER_INFO_SIZE, SD_NODE_SIZE,
 };
 use crate::proto::{
-    flags, oid, op, validate_name, ReqHeader, SdRes, SD_MAX_NODES, SD_MAX_VDI_LEN, SD_PROTO_VER,
-    SD_SHEEP_PROTO_VER, VDI_BITMAP_SIZE,
+    flags, oid, op, validate_name, ReqHeader, SdRes, SD_MAX_NODES, SD_MAX_VDI_LEN, VDI_BITMAP_SIZE,
 };
 use bytes::Bytes;
 
@@ -101,22 +100,6 @@ pub struct CreateOptions {
     pub prealloc: bool,
 }
 
-fn hdr(proto: u8, opcode: u8) -> ReqHeader {
-    ReqHeader::new(proto, opcode)
-}
-
-/// proto_ver as dog sends it: 0x02 for public ops, 0x0a for internal ones.
-fn dog_hdr(opcode: u8) -> ReqHeader {
-    hdr(
-        if opcode >= 0x80 {
-            SD_SHEEP_PROTO_VER
-        } else {
-            SD_PROTO_VER
-        },
-        opcode,
-    )
-}
-
 /// name[256] + tag[256], the lookup payload.
 fn name_tag_payload(name: &str, tag: &str) -> Vec<u8> {
     let mut v = padded(name, SD_MAX_VDI_LEN);
@@ -141,7 +124,7 @@ impl Client {
 
     /// READ_OBJ `len` bytes at `offset` of `oid`.
     pub async fn read_obj(&self, oid: u64, offset: u32, len: u32, fl: u16) -> Result<Vec<u8>> {
-        let mut h = dog_hdr(op::READ_OBJ);
+        let mut h = ReqHeader::for_op(op::READ_OBJ);
         h.flags = fl;
         h.data_length = len;
         h.args = ObjArgs {
@@ -180,7 +163,7 @@ impl Client {
         } else {
             op::WRITE_OBJ
         };
-        let mut h = dog_hdr(opcode);
+        let mut h = ReqHeader::for_op(opcode);
         h.flags = fl | flags::CMD_WRITE;
         if cow_oid != 0 {
             h.flags |= flags::CMD_COW;
@@ -204,7 +187,7 @@ impl Client {
     }
 
     pub async fn remove_obj(&self, oid: u64) -> Result<()> {
-        let mut h = dog_hdr(op::REMOVE_OBJ);
+        let mut h = ReqHeader::for_op(op::REMOVE_OBJ);
         h.args = ObjArgs {
             oid,
             ..Default::default()
@@ -214,7 +197,7 @@ impl Client {
     }
 
     pub async fn discard_obj(&self, oid: u64) -> Result<()> {
-        let mut h = dog_hdr(op::DISCARD_OBJ);
+        let mut h = ReqHeader::for_op(op::DISCARD_OBJ);
         h.args = ObjArgs {
             oid,
             ..Default::default()
@@ -225,7 +208,7 @@ impl Client {
 
     /// FLUSH_VDI. INVALID_PARMS (a sheep without a write cache) counts as done.
     pub async fn flush_vdi(&self, vid: u32) -> Result<()> {
-        let mut h = dog_hdr(op::FLUSH_VDI);
+        let mut h = ReqHeader::for_op(op::FLUSH_VDI);
         h.args = ObjArgs {
             oid: oid::vid_to_vdi_oid(vid),
             ..Default::default()
@@ -242,7 +225,7 @@ impl Client {
 
     /// GET_NODE_LIST (dog's buffer size).
     pub async fn node_list(&self) -> Result<Vec<SdNode>> {
-        let mut h = dog_hdr(op::GET_NODE_LIST);
+        let mut h = ReqHeader::for_op(op::GET_NODE_LIST);
         h.data_length = (SD_MAX_NODES * SD_NODE_SIZE) as u32;
         let rsp = self.call(Request::new(h)).await?;
         let nr = NodeRsp::decode(&rsp.hdr.args).nr_nodes as usize;
@@ -267,7 +250,7 @@ impl Client {
         records: u32,
     ) -> Result<(SdRes, u32, Vec<EpochLog>)> {
         let stride = 48 + 80 * nodes_nr as usize;
-        let mut h = dog_hdr(op::STAT_CLUSTER);
+        let mut h = ReqHeader::for_op(op::STAT_CLUSTER);
         h.data_length = (stride * records as usize) as u32;
         h.args = ClusterArgs {
             nodes_nr,
@@ -299,7 +282,7 @@ impl Client {
     }
 
     pub async fn cluster_info(&self) -> Result<ClusterInfo> {
-        let mut h = dog_hdr(op::CLUSTER_INFO);
+        let mut h = ReqHeader::for_op(op::CLUSTER_INFO);
         h.data_length = CLUSTER_INFO_SIZE as u32;
         let rsp = self.call(Request::new(h)).await?;
         ClusterInfo::decode(&rsp.data).ok_or_else(|| Error::Protocol {
@@ -310,7 +293,7 @@ impl Client {
 
     pub async fn cluster_default(&self) -> Result<ClusterDefaultRsp> {
         let rsp = self
-            .call(Request::new(dog_hdr(op::GET_CLUSTER_DEFAULT)))
+            .call(Request::new(ReqHeader::for_op(op::GET_CLUSTER_DEFAULT)))
             .await?;
         Ok(ClusterDefaultRsp::decode(&rsp.hdr.args))
     }
@@ -324,7 +307,7 @@ impl Client {
         block_size_shift: u8,
         store: &str,
     ) -> Result<()> {
-        let mut h = dog_hdr(op::MAKE_FS);
+        let mut h = ReqHeader::for_op(op::MAKE_FS);
         h.args = ClusterArgs {
             ctime: crate::proto::sd_time_now(),
             copies,
@@ -343,7 +326,7 @@ impl Client {
 
     /// GET_STORE_LIST: the backend store names the server supports.
     pub async fn store_list(&self) -> Result<Vec<String>> {
-        let mut h = dog_hdr(op::GET_STORE_LIST);
+        let mut h = ReqHeader::for_op(op::GET_STORE_LIST);
         h.data_length = 512;
         let rsp = self.call(Request::new(h)).await?;
         let end = rsp
@@ -358,21 +341,23 @@ impl Client {
     }
 
     pub async fn shutdown(&self) -> Result<()> {
-        self.call(Request::new(dog_hdr(op::SHUTDOWN)).not_idempotent())
+        self.call(Request::new(ReqHeader::for_op(op::SHUTDOWN)).not_idempotent())
             .await
             .map(|_| ())
     }
 
     /// STAT_SHEEP: (store size, free bytes) of the node we talk to.
     pub async fn stat_sheep(&self) -> Result<(u64, u64)> {
-        let rsp = self.call(Request::new(dog_hdr(op::STAT_SHEEP))).await?;
+        let rsp = self
+            .call(Request::new(ReqHeader::for_op(op::STAT_SHEEP)))
+            .await?;
         let n = NodeRsp::decode(&rsp.hdr.args);
         Ok((n.store_size, n.store_free))
     }
 
     /// READ_VDIS (in-use) or READ_DEL_VDIS (deleted) bitmap.
     pub async fn vdi_bitmap(&self, deleted: bool) -> Result<VidBitmap> {
-        let mut h = dog_hdr(if deleted {
+        let mut h = ReqHeader::for_op(if deleted {
             op::READ_DEL_VDIS
         } else {
             op::READ_VDIS
@@ -387,7 +372,7 @@ impl Client {
         use crate::proto::node::VDI_STATE_SIZE;
         let mut count = 512usize;
         loop {
-            let mut h = dog_hdr(op::GET_VDI_COPIES);
+            let mut h = ReqHeader::for_op(op::GET_VDI_COPIES);
             h.data_length = (count * VDI_STATE_SIZE) as u32;
             let rsp = self.send(Request::new(h)).await?;
             match rsp.result() {
@@ -425,7 +410,7 @@ impl Client {
     ) -> Result<VdiId> {
         check_name(name)?;
         let (tag, snapid) = sel_parts(sel);
-        let mut h = dog_hdr(opcode);
+        let mut h = ReqHeader::for_op(opcode);
         h.args = VdiArgs {
             snapid,
             lock_type,
@@ -447,7 +432,7 @@ impl Client {
 
     /// RELEASE_VDI (the vid goes in base_vdi_id). VDI_NOT_LOCKED counts as done.
     pub async fn release_vdi(&self, vid: u32, lock_type: u32) -> Result<()> {
-        let mut h = dog_hdr(op::RELEASE_VDI);
+        let mut h = ReqHeader::for_op(op::RELEASE_VDI);
         h.args = VdiArgs {
             base_vdi_id: vid,
             lock_type,
@@ -652,7 +637,7 @@ impl Client {
         block_size_shift: u8,
     ) -> Result<VdiId> {
         check_name(name)?;
-        let mut h = dog_hdr(op::NEW_VDI);
+        let mut h = ReqHeader::for_op(op::NEW_VDI);
         h.args = VdiArgs {
             vdi_size: size,
             base_vdi_id: base,
@@ -881,7 +866,7 @@ impl Client {
     /// does (sheep refuses to drop objects still mapped), then DEL_VDI.
     pub async fn delete_vdi(&self, name: &str, sel: &SnapSel) -> Result<u32> {
         let id = self.vdi_lookup(name, sel).await?;
-        let mut h = hdr(SD_PROTO_VER, op::READ_OBJ);
+        let mut h = ReqHeader::for_op(op::READ_OBJ);
         h.data_length = inode::SD_INODE_SIZE as u32;
         h.args = ObjArgs {
             oid: oid::vid_to_vdi_oid(id.vid),
@@ -920,7 +905,7 @@ impl Client {
             }
         }
         let (tag, snapid) = sel_parts(sel);
-        let mut h = dog_hdr(op::DEL_VDI);
+        let mut h = ReqHeader::for_op(op::DEL_VDI);
         h.args = VdiArgs {
             snapid,
             ..Default::default()
@@ -972,7 +957,7 @@ impl Client {
             value: value.to_vec(),
             ..Default::default()
         };
-        let mut h = dog_hdr(op::GET_VDI_ATTR);
+        let mut h = ReqHeader::for_op(op::GET_VDI_ATTR);
         h.flags = flags::CMD_CREAT;
         if excl {
             h.flags |= flags::CMD_EXCL;
@@ -993,7 +978,7 @@ impl Client {
             key: key.into(),
             ..Default::default()
         };
-        let h = dog_hdr(op::GET_VDI_ATTR);
+        let h = ReqHeader::for_op(op::GET_VDI_ATTR);
         let rsp = self
             .call(Request::new(h).with_payload(attr.encode()))
             .await?;

@@ -1,6 +1,6 @@
 //! The commands, each following its dog counterpart step by step.
 
-use super::dog::{cname, name_tag, report_transport, req, Ctx, InodeMap, NodeWrite};
+use super::dog::{cname, name_tag, report_transport, Ctx, InodeMap, NodeWrite};
 use super::{
     errln, option_parse_size, out, Cmd, Exit, Invocation, Sub, EXIT_EXISTS, EXIT_FAILURE,
     EXIT_MISSING, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, R, VDI_LOCK_CMDS,
@@ -15,7 +15,7 @@ use crate::proto::inode::{
 };
 use crate::proto::node::{lock_state, EpochLog, VdiState, CLUSTER_INFO_SIZE, VDI_STATE_SIZE};
 use crate::proto::{
-    cluster_flags, flags, oid, op, SdRes, OLD_MAX_DATA_OBJS, SD_MAX_NODES,
+    cluster_flags, flags, oid, op, ReqHeader, SdRes, OLD_MAX_DATA_OBJS, SD_MAX_NODES,
     SD_MAX_VDI_ATTR_VALUE_LEN, SD_MAX_VDI_SIZE, VDI_BITMAP_SIZE,
 };
 use std::io::{Read, Write};
@@ -132,7 +132,7 @@ async fn send_light_req(
     c: &crate::client::Client,
     opcode: u8,
 ) -> Option<crate::client::Response> {
-    let rsp = ctx.exec_on(c, req(opcode), None).await?;
+    let rsp = ctx.exec_on(c, ReqHeader::for_op(opcode), None).await?;
     if rsp.result() != SdRes::SUCCESS {
         errln(&format!("Response's result: {}", rsp.result().message()));
         return None;
@@ -245,7 +245,7 @@ async fn cluster_info(ctx: &Ctx, inv: &Invocation) -> R<i32> {
     let stride = |n: u32| 48u32.wrapping_add(n.wrapping_mul(80));
     let mut nodes_nr = ctx.nodes.len() as u32;
     let rsp = loop {
-        let mut h = req(op::STAT_CLUSTER);
+        let mut h = ReqHeader::for_op(op::STAT_CLUSTER);
         h.data_length = ctx.epoch.wrapping_mul(stride(nodes_nr));
         h.args = ClusterArgs {
             nodes_nr,
@@ -290,7 +290,7 @@ async fn cluster_format(ctx: &mut Ctx, inv: &Invocation) -> R<i32> {
     let d = &inv.data;
     for n in ctx.nodes.clone() {
         let c = ctx.node_client(&n);
-        let mut h = req(op::CLUSTER_INFO);
+        let mut h = ReqHeader::for_op(op::CLUSTER_INFO);
         h.data_length = CLUSTER_INFO_SIZE as u32;
         let Some(rsp) = ctx.exec_on(&c, h, None).await else {
             errln("Fail to execute request");
@@ -322,7 +322,7 @@ async fn cluster_format(ctx: &mut Ctx, inv: &Invocation) -> R<i32> {
             d.copies, ctx.zones
         ))?;
     }
-    let mut h = req(op::READ_VDIS);
+    let mut h = ReqHeader::for_op(op::READ_VDIS);
     h.data_length = VDI_BITMAP_SIZE as u32;
     let Some(rsp) = ctx.exec(h, None).await else {
         return Ok(EXIT_SYSFAIL);
@@ -355,7 +355,7 @@ async fn cluster_format(ctx: &mut Ctx, inv: &Invocation) -> R<i32> {
     if d.avoid_diskfull {
         cf |= cluster_flags::AVOID_DISKFULL;
     }
-    let mut h = req(op::MAKE_FS);
+    let mut h = ReqHeader::for_op(op::MAKE_FS);
     h.args = ClusterArgs {
         ctime: crate::proto::sd_time_now(),
         copies: d.copies,
@@ -382,7 +382,7 @@ async fn cluster_format(ctx: &mut Ctx, inv: &Invocation) -> R<i32> {
 }
 
 async fn list_store(ctx: &Ctx) -> i32 {
-    let mut h = req(op::GET_STORE_LIST);
+    let mut h = ReqHeader::for_op(op::GET_STORE_LIST);
     h.data_length = 512;
     let Some(rsp) = ctx.exec(h, None).await else {
         return EXIT_SYSFAIL;
@@ -423,7 +423,9 @@ async fn node_info(ctx: &mut Ctx) -> R<i32> {
     let (mut total_size, mut total_avail, mut success) = (0u64, 0u64, 0usize);
     for n in ctx.nodes.clone() {
         let c = ctx.node_client(&n);
-        let rsp = ctx.exec_on(&c, req(op::STAT_SHEEP), None).await;
+        let rsp = ctx
+            .exec_on(&c, ReqHeader::for_op(op::STAT_SHEEP), None)
+            .await;
         let nr = rsp
             .as_ref()
             .map(|r| NodeRsp::decode(&r.hdr.args))
@@ -534,7 +536,7 @@ async fn vdi_create(ctx: &Ctx, inv: &Invocation) -> R<i32> {
         shift = crate::proto::SD_DEFAULT_BLOCK_SIZE_SHIFT;
         1u64 << shift
     } else {
-        let mut h = req(op::CLUSTER_INFO);
+        let mut h = ReqHeader::for_op(op::CLUSTER_INFO);
         h.data_length = CLUSTER_INFO_SIZE as u32;
         let Some(rsp) = ctx.exec(h, None).await else {
             errln("Fail to execute request: SD_OP_CLUSTER_INFO");
@@ -970,7 +972,7 @@ async fn vdi_delete(ctx: &Ctx, inv: &Invocation) -> R<i32> {
     if max != 0 {
         return Ok(EXIT_SUCCESS);
     }
-    let mut hd = req(op::DEL_VDI);
+    let mut hd = ReqHeader::for_op(op::DEL_VDI);
     hd.args = VdiArgs {
         snapid,
         ..Default::default()
@@ -1296,7 +1298,7 @@ async fn find_vdi_attr_oid(
         put_u32(&mut a, 524, n as u32);
         a[784..784 + n].copy_from_slice(&value[..n]);
     }
-    let mut h = req(op::GET_VDI_ATTR);
+    let mut h = ReqHeader::for_op(op::GET_VDI_ATTR);
     h.args = VdiArgs {
         snapid: d.snapshot_id,
         ..Default::default()
@@ -1425,7 +1427,7 @@ async fn vdi_getattr(ctx: &Ctx, inv: &Invocation) -> R<i32> {
 
 /// `get_vdi_state`: one GET_VDI_COPIES of 512 states (dog ignores the result).
 async fn get_vdi_state(ctx: &Ctx) -> Option<Vec<VdiState>> {
-    let mut h = req(op::GET_VDI_COPIES);
+    let mut h = ReqHeader::for_op(op::GET_VDI_COPIES);
     h.data_length = (512 * VDI_STATE_SIZE) as u32;
     let rsp = ctx.exec(h, None).await?;
     let n = rsp.hdr.data_length as usize / VDI_STATE_SIZE;
@@ -1530,7 +1532,7 @@ async fn lock_unlock(ctx: &Ctx, inv: &Invocation) -> i32 {
             return EXIT_SYSFAIL;
         }
     };
-    let mut h = req(op::RELEASE_VDI);
+    let mut h = ReqHeader::for_op(op::RELEASE_VDI);
     h.args = VdiArgs {
         base_vdi_id: vid,
         lock_type,

@@ -10,22 +10,9 @@ use crate::proto::header::{ObjArgs, VdiArgs, VdiRsp};
 use crate::proto::inode::{self, Btree, InodeHeader, SD_INODE_HEADER_SIZE, SD_INODE_SIZE};
 use crate::proto::node::{SdNode, SD_NODE_SIZE};
 use crate::proto::{
-    flags, oid, op, ReqHeader, SdRes, SD_MAX_NODES, SD_MAX_VDI_LEN, SD_PROTO_VER,
-    SD_SHEEP_PROTO_VER, VDI_BITMAP_SIZE,
+    flags, oid, op, ReqHeader, SdRes, SD_MAX_NODES, SD_MAX_VDI_LEN, VDI_BITMAP_SIZE,
 };
 use std::collections::HashMap;
-
-/// `sd_init_req`: proto_ver 0x02 below 0x80, 0x0a above, everything else 0.
-pub fn req(opcode: u8) -> ReqHeader {
-    ReqHeader::new(
-        if opcode >= 0x80 {
-            SD_SHEEP_PROTO_VER
-        } else {
-            SD_PROTO_VER
-        },
-        opcode,
-    )
-}
 
 /// C's `strerror`.
 pub fn strerror(e: &std::io::Error) -> String {
@@ -131,7 +118,7 @@ impl Ctx {
             errln("Failed to get node list");
             Exit(EXIT_SYSFAIL)
         };
-        let mut h = req(op::GET_NODE_LIST);
+        let mut h = ReqHeader::for_op(op::GET_NODE_LIST);
         h.data_length = (SD_MAX_NODES * SD_NODE_SIZE) as u32;
         let rsp = self.exec(h, None).await.ok_or_else(fail)?;
         if rsp.result() != SdRes::SUCCESS {
@@ -158,7 +145,7 @@ impl Ctx {
             }
         }
         self.zones = zones.len();
-        let mut h = req(op::STAT_CLUSTER);
+        let mut h = ReqHeader::for_op(op::STAT_CLUSTER);
         h.data_length = crate::proto::node::EPOCH_LOG_SIZE as u32;
         let rsp = self.exec(h, None).await.ok_or_else(fail)?;
         if rsp.data.len() >= 32 {
@@ -177,7 +164,7 @@ impl Ctx {
         offset: u64,
         direct: bool,
     ) -> Result<Vec<u8>, SdRes> {
-        let mut h = req(op::READ_OBJ);
+        let mut h = ReqHeader::for_op(op::READ_OBJ);
         h.data_length = len;
         if direct {
             h.flags |= flags::CMD_DIRECT;
@@ -218,7 +205,7 @@ impl Ctx {
         create: bool,
         direct: bool,
     ) -> Result<(), SdRes> {
-        let mut h = req(if create {
+        let mut h = ReqHeader::for_op(if create {
             op::CREATE_AND_WRITE_OBJ
         } else {
             op::WRITE_OBJ
@@ -255,7 +242,7 @@ impl Ctx {
 
     /// `find_vdi_name`: GET_VDI_INFO with name + tag (512 bytes).
     pub async fn find_vdi_name(&self, name: &str, snapid: u32, tag: &str) -> Result<u32, SdRes> {
-        let mut h = req(op::GET_VDI_INFO);
+        let mut h = ReqHeader::for_op(op::GET_VDI_INFO);
         h.args = VdiArgs {
             snapid,
             ..Default::default()
@@ -323,7 +310,7 @@ impl Ctx {
         store_policy: u8,
         block_size_shift: u8,
     ) -> Result<u32, i32> {
-        let mut h = req(op::NEW_VDI);
+        let mut h = ReqHeader::for_op(op::NEW_VDI);
         h.args = VdiArgs {
             vdi_size: size,
             base_vdi_id: base,
@@ -360,7 +347,7 @@ impl Ctx {
     {
         let mut bitmaps = Vec::new();
         for opcode in [op::READ_VDIS, op::READ_DEL_VDIS] {
-            let mut h = req(opcode);
+            let mut h = ReqHeader::for_op(opcode);
             h.data_length = VDI_BITMAP_SIZE as u32;
             let Some(rsp) = self.exec(h, None).await else {
                 return -1;

@@ -32,6 +32,17 @@ impl ReqHeader {
         }
     }
 
+    /// The header `sd_init_req` builds: proto_ver 0x02 for public opcodes,
+    /// 0x0a for internal ones (0x80 and up), everything else 0.
+    pub fn for_op(opcode: u8) -> Self {
+        let ver = if opcode >= 0x80 {
+            super::SD_SHEEP_PROTO_VER
+        } else {
+            super::SD_PROTO_VER
+        };
+        ReqHeader::new(ver, opcode)
+    }
+
     pub fn encode(&self) -> [u8; 48] {
         let mut b = [0u8; 48];
         put_u8(&mut b, 0, self.proto_ver);
