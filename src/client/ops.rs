@@ -876,8 +876,11 @@ impl Client {
         let b = self.call(Request::new(h)).await?.data;
         let header = self.decode_header(id.vid, &b)?;
         if !header.is_hyper() {
-            let nr = (header.nr_objs() as usize).min(inode::SD_INODE_DATA_INDEX);
-            let map = &b[inode::DATA_VDI_ID_OFFSET..inode::DATA_VDI_ID_OFFSET + 4 * nr];
+            // A short reply has fewer entries, not a panic (as in parse_map).
+            let nr = (header.nr_objs() as usize)
+                .min(inode::SD_INODE_DATA_INDEX)
+                .min(b.len().saturating_sub(inode::DATA_VDI_ID_OFFSET) / 4);
+            let map = &b[inode::DATA_VDI_ID_OFFSET.min(b.len())..][..4 * nr];
             let entry = |i: usize| crate::proto::bytes::get_u32(map, 4 * i);
             let mut i = 0;
             while i < nr {
