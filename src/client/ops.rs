@@ -79,10 +79,10 @@ pub struct VdiEntry {
 
 impl VdiEntry {
     pub fn used_bytes(&self) -> u64 {
-        self.used_objs << self.header.block_size_shift
+        self.used_objs.wrapping_mul(self.header.object_size())
     }
     pub fn shared_bytes(&self) -> u64 {
-        self.shared_objs << self.header.block_size_shift
+        self.shared_objs.wrapping_mul(self.header.object_size())
     }
 }
 

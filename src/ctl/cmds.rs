@@ -227,10 +227,6 @@ async fn write_vid(
     .await
 }
 
-fn count_data_objs(h: &InodeHeader) -> u64 {
-    h.vdi_size.div_ceil(1u64 << (h.block_size_shift & 63))
-}
-
 /// Whole-inode reads (12.5 MB) are zero-extended so offsets stay in range.
 fn full_inode(mut b: Vec<u8>) -> Vec<u8> {
     if b.len() < SD_INODE_SIZE {
@@ -812,7 +808,7 @@ async fn vdi_clone(ctx: &Ctx, inv: &Invocation) -> R<i32> {
             return Ok(EXIT_FAILURE);
         };
         let obj = 1u64 << (h.block_size_shift & 31);
-        let max_idx = count_data_objs(&h) as u32;
+        let max_idx = h.nr_objs() as u32;
         let mut buf: Vec<u8> = Vec::new();
         let mut idx = 0u32;
         while idx < max_idx {
@@ -909,7 +905,7 @@ async fn vdi_delete(ctx: &Ctx, inv: &Invocation) -> R<i32> {
         return Ok(EXIT_SUCCESS);
     };
     // The map is walked as a flat array even for hyper volumes, as dog does.
-    let nr_objs = count_data_objs(&h) as i32 as i64;
+    let nr_objs = h.nr_objs() as i32 as i64;
     let cap = ((SD_INODE_SIZE - SD_INODE_HEADER_SIZE) / 4) as i64;
     let entry = |b: &[u8], i: i64| -> u32 {
         if i < cap {

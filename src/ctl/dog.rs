@@ -421,7 +421,7 @@ impl Ctx {
             }
         };
         if h.store_policy == 0 {
-            let nr = h.vdi_size.div_ceil(1u64 << (h.block_size_shift & 63));
+            let nr = h.nr_objs();
             let n = (nr as usize).min(area.len() / 4);
             for i in 0..n {
                 count(get_u32(area, 4 * i));
@@ -519,7 +519,7 @@ pub fn name_tag(name: &str, tag: &str) -> Vec<u8> {
 pub fn meta_size(h: &InodeHeader, area: &[u8]) -> u32 {
     if h.store_policy == 0 {
         let max = (SD_INODE_SIZE - SD_INODE_HEADER_SIZE - 4) as u64;
-        let n = h.vdi_size.div_ceil(1u64 << (h.block_size_shift & 63));
+        let n = h.nr_objs();
         (n.wrapping_mul(4)).min(max) as u32
     } else {
         let depth = if area.len() >= 4 { get_u16(area, 2) } else { 0 };

@@ -238,7 +238,7 @@ pub fn vdi_list_row_tz(e: &VdiEntry, raw: bool, tz: Tz) -> String {
     let tag = cstr(&h.raw_tag);
     let snapid = if h.is_snapshot() { h.snap_id } else { 0 } as i32;
     let ti = (h.create_time >> 32) as i64;
-    let obj = 1u64 << (h.block_size_shift & 63);
+    let obj = h.object_size();
     let used = e.used_objs.wrapping_mul(obj);
     let shared = e.shared_objs.wrapping_mul(obj);
     let red = redundancy(h.nr_copies, h.copy_policy);

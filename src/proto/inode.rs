@@ -26,10 +26,15 @@ pub fn data_vdi_id_offset(idx: u32) -> u64 {
     DATA_VDI_ID_OFFSET as u64 + 4 * idx as u64
 }
 
+/// Object size for a block_size_shift. A corrupt shift (64 and up) is
+/// masked as dog's `1ULL << shift` is on x86, instead of panicking.
+pub fn object_size(block_size_shift: u8) -> u64 {
+    1u64 << (block_size_shift & 63)
+}
+
 /// Number of data objects a VDI of `vdi_size` bytes spans.
 pub fn count_data_objs(vdi_size: u64, block_size_shift: u8) -> u64 {
-    let obj = 1u64 << block_size_shift;
-    vdi_size.div_ceil(obj)
+    vdi_size.div_ceil(object_size(block_size_shift))
 }
 
 /// The inode header (bytes 0..4664); the unused area 572..4664 is kept so a
@@ -181,7 +186,7 @@ impl InodeHeader {
         !self.is_snapshot() && self.snap_id == 1 && self.parent_vdi_id != 0
     }
     pub fn object_size(&self) -> u64 {
-        1u64 << self.block_size_shift
+        object_size(self.block_size_shift)
     }
     pub fn nr_objs(&self) -> u64 {
         count_data_objs(self.vdi_size, self.block_size_shift)
@@ -561,6 +566,9 @@ mod tests {
         assert_eq!(count_data_objs(1 << 30, 22), 256);
         assert_eq!(count_data_objs((1 << 30) + 1, 22), 257);
         assert_eq!(count_data_objs(8 << 20, 20), 8);
+        // A corrupt shift is masked like dog's C shift, not a panic.
+        assert_eq!(object_size(22), 4 << 20);
+        assert_eq!(object_size(64 + 22), 4 << 20);
     }
 
     #[test]

@@ -197,11 +197,6 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// Object size for a block_size_shift.
-pub fn object_size(block_size_shift: u8) -> u64 {
-    1u64 << block_size_shift
-}
-
 /// Sheepdog time format: upper 32 bits seconds, lower 32 bits µs × 1000.
 pub fn sd_time_now() -> u64 {
     let now = std::time::SystemTime::now()
