@@ -113,7 +113,7 @@ fn is_force_op(opcode: u8) -> bool {
 
 // Opcodes without a named constant in `proto::op`.
 pub(crate) const OP_REWEIGHT: u8 = 0xB5;
-const OP_READ_PEER: u8 = 0xA4;
+pub(crate) const OP_READ_PEER: u8 = 0xA4;
 const OP_WRITE_PEER: u8 = 0xA5;
 const OP_CREATE_AND_WRITE_PEER: u8 = 0xA3;
 const OP_REMOVE_PEER: u8 = 0xA6;
@@ -991,9 +991,23 @@ impl Sheep {
             let st = self.state.read();
             st.vdis.keys().copied().chain(st.inuse.iter_set()).collect()
         };
-        let lo = idxs.iter().copied().min().unwrap_or(0);
-        let hi = idxs.iter().copied().max().unwrap_or(0);
-        let mut map = vec![0u8; 4 * (hi - lo + 1) as usize];
+        // A flat map only has indexes below SD_INODE_DATA_INDEX (a hyper
+        // volume's go up to u32::MAX): that bounds the range read (4 MiB).
+        let flat: Vec<u32> = idxs
+            .iter()
+            .copied()
+            .filter(|&i| (i as usize) < inode::SD_INODE_DATA_INDEX)
+            .collect();
+        let lo = flat.iter().copied().min().unwrap_or(0);
+        let hi = flat.iter().copied().max().unwrap_or(0);
+        let mut map = vec![
+            0u8;
+            if flat.is_empty() {
+                0
+            } else {
+                4 * (hi - lo + 1) as usize
+            }
+        ];
         let mut keep = HashSet::new();
         for vid in vids {
             if skip_own && vid == own {
@@ -1007,9 +1021,12 @@ impl Sheep {
                 Err(e) => return Err(e),
             }
             if sp[0] == 0 {
+                if flat.is_empty() {
+                    continue;
+                }
                 self.store
                     .read(ioid, inode::data_vdi_id_offset(lo), &mut map)?;
-                for &idx in idxs {
+                for &idx in &flat {
                     if get_u32(&map, 4 * (idx - lo) as usize) == own {
                         keep.insert(idx);
                     }

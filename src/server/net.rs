@@ -16,7 +16,7 @@
 //! Payloads larger than any legal object are refused with INVALID_PARMS (and
 //! skipped), and each connection has at most [`CONN_INFLIGHT`] requests in flight.
 
-use super::core::{Action, FileRange, Reply, Req, Sheep, STREAM_CHUNK};
+use super::core::{Action, FileRange, Reply, Req, Sheep, OP_READ_PEER, STREAM_CHUNK};
 use crate::proto::header::RspHeader;
 use crate::proto::{op, ReqHeader, SdRes, SD_REQ_SIZE};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,7 +133,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let dl = hdr.data_length as u64;
         let max = ctx.sheep.max_payload();
         let has_payload = hdr.has_payload();
-        if dl > max && (has_payload || hdr.opcode == op::READ_OBJ) {
+        let reads = matches!(hdr.opcode, op::READ_OBJ | OP_READ_PEER);
+        if dl > max && (has_payload || reads) {
             tracing::warn!(
                 opcode = format_args!("{:#04x}", hdr.opcode),
                 data_length = dl,
