@@ -485,12 +485,13 @@ impl Btree {
                     up.modified.push(oid);
                 }
                 Err(_) => {
-                    // Split: the lower half moves to a new leaf.
-                    let right = leaf.split_off(leaf.len() / 2);
-                    let left = std::mem::replace(leaf, right);
+                    // Full before the split, so a refused set leaves the tree whole.
                     if self.root_indirect.len() >= BTREE_MAX_INDIRECT {
                         return Err(BtreeError::Full);
                     }
+                    // Split: the lower half moves to a new leaf.
+                    let right = leaf.split_off(leaf.len() / 2);
+                    let left = std::mem::replace(leaf, right);
                     let new = next_oid();
                     self.root_indirect.insert(pos, (last_idx(&left), new));
                     self.leaves.insert(new, left);
