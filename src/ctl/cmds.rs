@@ -288,7 +288,7 @@ async fn cluster_format(ctx: &mut Ctx, inv: &Invocation) -> R<i32> {
         let c = ctx.node_client(&n);
         let mut h = ReqHeader::for_op(op::CLUSTER_INFO);
         h.data_length = CLUSTER_INFO_SIZE as u32;
-        let Some(rsp) = ctx.exec_on(&c, h, None).await else {
+        let Some(mut rsp) = ctx.exec_on(&c, h, None).await else {
             errln("Fail to execute request");
             return Ok(EXIT_FAILURE);
         };
@@ -296,11 +296,8 @@ async fn cluster_format(ctx: &mut Ctx, inv: &Invocation) -> R<i32> {
             errln(&rsp.result().message());
             return Ok(EXIT_FAILURE);
         }
-        let cflags = if rsp.data.len() >= 18 {
-            get_u16(&rsp.data, 16)
-        } else {
-            0
-        };
+        rsp.data.resize(CLUSTER_INFO_SIZE, 0);
+        let cflags = get_u16(&rsp.data, 16);
         if n.nr_vnodes != 0 {
             let auto = cflags & cluster_flags::AUTO_VNODES != 0;
             if auto && d.fixed_vnodes {
@@ -534,15 +531,13 @@ async fn vdi_create(ctx: &Ctx, inv: &Invocation) -> R<i32> {
     } else {
         let mut h = ReqHeader::for_op(op::CLUSTER_INFO);
         h.data_length = CLUSTER_INFO_SIZE as u32;
-        let Some(rsp) = ctx.exec(h, None).await else {
+        let Some(mut rsp) = ctx.exec(h, None).await else {
             errln("Fail to execute request: SD_OP_CLUSTER_INFO");
             return Ok(EXIT_FAILURE);
         };
-        let ctime = if rsp.data.len() >= 16 {
-            get_u64(&rsp.data, 8)
-        } else {
-            0
-        };
+        // A short reply reads as zeros (dog's buffer is zeroed), never past the end.
+        rsp.data.resize(CLUSTER_INFO_SIZE, 0);
+        let ctime = get_u64(&rsp.data, 8);
         if ctime == 0 {
             errln(&format!(
                 "Failed to create VDI {name}: {}",
