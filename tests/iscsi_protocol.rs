@@ -319,6 +319,29 @@ fn cmdsn_window_and_order() {
     assert_eq!(i.read16(1, 100, 8).data, b);
     i.set_read_timeout(Duration::from_secs(1));
     assert!(i.wait(dup).is_err());
+
+    // Aborting a command held for CmdSN order counts its CmdSN as received
+    // (RFC 7143 §11.5.1): the commands after it still run.
+    i.set_read_timeout(Duration::from_secs(10));
+    let sn = i.cmd_sn;
+    i.cmd_sn = sn + 1;
+    let held = i.submit(1, &rw16(0x8a, 200, 8), &a, 0);
+    let after = i.submit(1, &rw16(0x8a, 300, 8), &b, 0); // CmdSN sn+2
+    i.cmd_sn = sn;
+    assert_eq!(i.tmf(1, 1, held, sn + 1), 0);
+    let first = i.submit(1, &rw16(0x8a, 100, 8), &a, 0); // CmdSN sn
+    i.cmd_sn = sn + 3;
+    assert_eq!(i.wait(first).unwrap().status, 0);
+    assert_eq!(
+        i.wait(after).unwrap().status,
+        0,
+        "stalled behind the aborted CmdSN"
+    );
+    assert_eq!(i.read16(1, 300, 8).data, b);
+    assert!(
+        i.read16(1, 200, 8).data.iter().all(|&x| x == 0),
+        "aborted write ran"
+    );
 }
 
 #[test]

@@ -162,7 +162,7 @@ struct Conn {
     cs: Arc<ConnShared>,
     local: SocketAddr,
     xfers: HashMap<u32, WriteXfer>,
-    pending: BTreeMap<u32, Pdu>,
+    pending: BTreeMap<u32, Option<Pdu>>,
     next_ttt: u32,
     text_cont: Option<TextCont>,
     text_partial: Option<(u32, Vec<u8>)>,
@@ -562,22 +562,16 @@ impl Conn {
     /// Delivers requests in CmdSN order (RFC 7143 §4.2.2.1).
     async fn sequenced(&mut self, p: Pdu) -> Result<(), End> {
         if p.bhs.immediate() {
-            return self.process(p).await;
+            // An immediate ABORT TASK may have counted ExpCmdSN as received.
+            self.process(p).await?;
+            return self.drain_pending().await;
         }
         let sn = p.bhs.u32_at(off::CMD_SN);
         let (exp, max) = self.cs.sn.values();
         if sn == exp {
             self.cs.sn.advance();
             self.process(p).await?;
-            loop {
-                let (exp, _) = self.cs.sn.values();
-                let Some(next) = self.pending.remove(&exp) else {
-                    break;
-                };
-                self.cs.sn.advance();
-                self.process(next).await?;
-            }
-            Ok(())
+            self.drain_pending().await
         } else if pdu::sn_lt(sn, exp) {
             tracing::debug!(cmd_sn = sn, exp, "CmdSN already seen; ignored");
             Ok(())
@@ -585,8 +579,25 @@ impl Conn {
             tracing::info!(cmd_sn = sn, max, "CmdSN beyond MaxCmdSN; ignored");
             Ok(())
         } else {
-            self.pending.insert(sn, p);
+            // A slot already taken (a duplicate, or a CmdSN an abort counted
+            // as received) keeps what it holds.
+            self.pending.entry(sn).or_insert(Some(p));
             Ok(())
+        }
+    }
+
+    /// Delivers held requests from ExpCmdSN on; an empty slot (an aborted
+    /// command, RFC 7143 §11.5.1) only advances ExpCmdSN.
+    async fn drain_pending(&mut self) -> Result<(), End> {
+        loop {
+            let (exp, _) = self.cs.sn.values();
+            let Some(slot) = self.pending.remove(&exp) else {
+                return Ok(());
+            };
+            self.cs.sn.advance();
+            if let Some(next) = slot {
+                self.process(next).await?;
+            }
         }
     }
 
@@ -834,15 +845,26 @@ impl Conn {
                     },
                     Some(_) => 1,
                     None => {
-                        // Not yet delivered (held for CmdSN order): drop it.
+                        // Not delivered yet: held for CmdSN order, or not
+                        // arrived. Its CmdSN counts as received (RFC 7143
+                        // §11.5.1), so the commands after it still run.
                         let held = self
                             .pending
                             .iter()
-                            .find(|(_, q)| q.bhs.itt() == rtt)
+                            .find(|(_, q)| q.as_ref().is_some_and(|q| q.bhs.itt() == rtt))
                             .map(|(sn, _)| *sn);
+                        let (exp, max) = self.cs.sn.values();
+                        let unseen = !pdu::sn_lt(ref_sn, exp)
+                            && !pdu::sn_lt(max, ref_sn)
+                            && pdu::sn_lt(ref_sn, b.u32_at(off::CMD_SN))
+                            && !self.pending.contains_key(&ref_sn);
                         match held {
                             Some(sn) if sn == ref_sn => {
-                                self.pending.remove(&sn);
+                                self.pending.insert(sn, None);
+                                0
+                            }
+                            None if unseen => {
+                                self.pending.insert(ref_sn, None);
                                 0
                             }
                             _ => 1,
