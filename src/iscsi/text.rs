@@ -61,6 +61,8 @@ fn valid_key(k: &str) -> bool {
 /// A key appearing twice is an error (RFC 7143 §6.1).
 pub fn parse(data: &[u8]) -> Result<KvList, TextError> {
     let mut out = KvList::new();
+    // A set, not a scan of `out`: up to 64 KiB of keys from an unauthenticated peer.
+    let mut seen = std::collections::HashSet::new();
     for item in data.split(|&b| b == 0) {
         if item.is_empty() {
             continue;
@@ -73,7 +75,7 @@ pub fn parse(data: &[u8]) -> Result<KvList, TextError> {
         if !valid_key(k) {
             return Err(TextError::BadKey(k.chars().take(64).collect()));
         }
-        if out.get(k).is_some() {
+        if !seen.insert(k) {
             return Err(TextError::Duplicate(k.to_string()));
         }
         out.push(k, v);
