@@ -5,6 +5,7 @@
 
 use super::config::Backing;
 use crate::client::{self, Client, LockMode, OpenOptions, SheepAddr, SnapSel, Volume};
+use crate::proto::hash::{fnv1a_64, FNV1A_64_INIT};
 use crate::proto::SdRes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -526,17 +527,11 @@ fn open_error(vdi: &str, snap: &SnapSel, addr: &SheepAddr, e: &client::Error) ->
     }
 }
 
+/// FNV-1a over the parts, each followed by 0xff (so ("ab","c") != ("a","bc")).
 fn fnv(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for &b in p.iter() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    parts
+        .iter()
+        .fold(FNV1A_64_INIT, |h, p| fnv1a_64(&[0xff], fnv1a_64(p, h)))
 }
 
 #[cfg(test)]
@@ -582,6 +577,15 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(20), f)
             .await
             .ok()
+    }
+
+    #[test]
+    fn disk_ids_are_stable() {
+        // The device id and serial derive from it: it must never change.
+        assert_eq!(
+            fnv(&[b"w", &7u64.to_le_bytes(), b"vol"]),
+            0x0ba1_b8c5_0cfd_5393
+        );
     }
 
     #[test]
