@@ -83,13 +83,7 @@ struct Args {
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("invalid port '{s}' (1..65535)"));
-    }
-    s.parse::<u16>()
-        .ok()
-        .filter(|&p| p != 0)
-        .ok_or_else(|| format!("invalid port '{s}' (1..65535)"))
+    sheepfs::client::parse_port(s).ok_or_else(|| format!("invalid port '{s}' (1..65535)"))
 }
 
 fn parse_cache_size(s: &str) -> Result<u64, String> {

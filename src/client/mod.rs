@@ -14,7 +14,7 @@ mod ops;
 mod pool;
 pub mod volume;
 
-pub use addr::SheepAddr;
+pub use addr::{parse_port, SheepAddr};
 pub use cache::ObjectCache;
 pub use error::{Error, Result};
 pub use ops::{CreateOptions, DataMap, Inode, VdiEntry, VdiId};

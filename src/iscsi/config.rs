@@ -150,12 +150,11 @@ impl FromStr for LunConfig {
     }
 }
 
-/// A port in 1..=65535, digits only.
+/// The client's port syntax, written with at most five digits.
 fn parse_port(p: &str) -> Option<u16> {
-    if p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    p.parse::<u16>().ok().filter(|&n| n != 0)
+    (p.len() <= 5)
+        .then(|| crate::client::parse_port(p))
+        .flatten()
 }
 
 fn parse_lun_id(n: &str) -> Result<u64, String> {
