@@ -530,33 +530,14 @@ pub async fn cluster_info(client: &Client, raw: bool, verbose: bool) -> Result<S
     ))
 }
 
-/// dog's sequence: GET_NODE_LIST, STAT_CLUSTER(0 slots, 48 bytes) for the
-/// epoch, then STAT_CLUSTER(N slots, epoch records), doubling N on BUFFER_SMALL.
+/// dog's sequence ([`Client::cluster_status`]) as the formatter wants it.
 pub async fn gather_cluster_status(client: &Client) -> Result<ClusterStatus> {
-    let nodes = client.node_list().await?;
-    let (_, epoch, _) = client.stat_cluster(0, 1).await?;
-    let mut n = nodes.len().max(1) as u32;
-    loop {
-        let (res, logs) = stat_cluster_records(client, n, epoch).await?;
-        if res == SdRes::BUFFER_SMALL && n < crate::proto::SD_MAX_NODES as u32 {
-            n *= 2;
-            continue;
-        }
-        return Ok(ClusterStatus {
-            result: res,
-            has_data: !logs.is_empty(),
-            logs,
-        });
-    }
-}
-
-async fn stat_cluster_records(
-    client: &Client,
-    nodes_nr: u32,
-    epoch: u32,
-) -> Result<(SdRes, Vec<EpochLog>)> {
-    let (res, _, logs) = client.stat_cluster(nodes_nr, epoch).await?;
-    Ok((res, logs))
+    let (result, logs) = client.cluster_status().await?;
+    Ok(ClusterStatus {
+        result,
+        has_data: !logs.is_empty(),
+        logs,
+    })
 }
 
 #[derive(Serialize)]
