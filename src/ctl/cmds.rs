@@ -1,6 +1,8 @@
 //! The commands, each following its dog counterpart step by step.
 
-use super::dog::{cname, name_tag, report_transport, Ctx, InodeMap, NodeWrite};
+use super::dog::{
+    cname, name_tag, report_transport, report_vdi_read_failure, Ctx, InodeMap, NodeWrite,
+};
 use super::{
     errln, option_parse_size, out, Cmd, Exit, Invocation, Sub, EXIT_EXISTS, EXIT_FAILURE,
     EXIT_MISSING, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, R, VDI_LOCK_CMDS,
@@ -877,16 +879,8 @@ async fn vdi_delete(ctx: &Ctx, inv: &Invocation) -> R<i32> {
         d.nr_batched_reclamation
     };
     // dog's do_vdi_delete reports problems but always exits 0.
-    let vid = match ctx.find_vdi_name(name, snapid, tag).await {
-        Ok(v) => v,
-        Err(r) => {
-            errln(&format!(
-                "Failed to open VDI {name} (snapshot id: {} snapshot tag: {tag}): {}",
-                snapid as i32,
-                r.message()
-            ));
-            return Ok(EXIT_SUCCESS);
-        }
+    let Ok(vid) = ctx.open_vdi(name, snapid, tag).await else {
+        return Ok(EXIT_SUCCESS);
     };
     let ioid = oid::vid_to_vdi_oid(vid);
     let mut b = match ctx.read_object(ioid, SD_INODE_SIZE as u32, 0, false).await {
@@ -1066,41 +1060,15 @@ async fn open_volume(
     tag: &str,
     writeback: bool,
 ) -> Result<(Volume, Inode), i32> {
-    let vid = match ctx.find_vdi_name(name, snapid, tag).await {
-        Ok(v) => v,
-        Err(r) => {
-            errln(&format!(
-                "Failed to open VDI {name} (snapshot id: {} snapshot tag: {tag}): {}",
-                snapid as i32,
-                r.message()
-            ));
-            return Err(EXIT_FAILURE);
-        }
-    };
+    let vid = ctx
+        .open_vdi(name, snapid, tag)
+        .await
+        .map_err(|_| EXIT_FAILURE)?;
     let inode = match ctx.client.read_inode(vid, true).await {
         Ok(i) => i,
         Err(e) => {
-            let ioid = oid::vid_to_vdi_oid(vid);
-            match e.result() {
-                Some(r) => errln(&format!(
-                    "Failed to read object {ioid:016x} {}",
-                    r.message()
-                )),
-                None => {
-                    report_transport(&e);
-                    errln(&format!("Failed to read object {ioid:016x}"));
-                }
-            }
-            if snapid != 0 {
-                errln(&format!(
-                    "Failed to read a snapshot {name}:{}",
-                    snapid as i32
-                ));
-            } else if !tag.is_empty() {
-                errln(&format!("Failed to read a snapshot {name}:{tag}"));
-            } else {
-                errln(&format!("Failed to read a vdi {name}"));
-            }
+            report_object_error(&e, oid::vid_to_vdi_oid(vid), false);
+            report_vdi_read_failure(name, snapid, tag);
             return Err(EXIT_FAILURE);
         }
     };

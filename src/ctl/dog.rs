@@ -14,6 +14,20 @@ use crate::proto::{
 };
 use std::collections::HashMap;
 
+/// dog's message when the inode of a VDI or snapshot cannot be read.
+pub fn report_vdi_read_failure(name: &str, snapid: u32, tag: &str) {
+    if snapid != 0 {
+        errln(&format!(
+            "Failed to read a snapshot {name}:{}",
+            snapid as i32
+        ));
+    } else if !tag.is_empty() {
+        errln(&format!("Failed to read a snapshot {name}:{tag}"));
+    } else {
+        errln(&format!("Failed to read a vdi {name}"));
+    }
+}
+
 /// C's `strerror`.
 pub fn strerror(e: &std::io::Error) -> String {
     match e.raw_os_error() {
@@ -257,6 +271,19 @@ impl Ctx {
         }
     }
 
+    /// [`Ctx::find_vdi_name`] that prints dog's "Failed to open VDI" on failure.
+    pub async fn open_vdi(&self, name: &str, snapid: u32, tag: &str) -> Result<u32, SdRes> {
+        self.find_vdi_name(name, snapid, tag)
+            .await
+            .inspect_err(|r| {
+                errln(&format!(
+                    "Failed to open VDI {name} (snapshot id: {} snapshot tag: {tag}): {}",
+                    snapid as i32,
+                    r.message()
+                ))
+            })
+    }
+
     /// `read_vdi_obj`: lookup plus one inode read of `size` bytes (DIRECT).
     pub async fn read_vdi_obj(
         &self,
@@ -265,33 +292,17 @@ impl Ctx {
         tag: &str,
         size: usize,
     ) -> Result<(u32, Vec<u8>), i32> {
-        let vid = match self.find_vdi_name(name, snapid, tag).await {
-            Ok(v) => v,
-            Err(r) => {
-                errln(&format!(
-                    "Failed to open VDI {name} (snapshot id: {} snapshot tag: {tag}): {}",
-                    snapid as i32,
-                    r.message()
-                ));
-                return Err(EXIT_FAILURE);
-            }
-        };
+        let vid = self
+            .open_vdi(name, snapid, tag)
+            .await
+            .map_err(|_| EXIT_FAILURE)?;
         match self
             .read_object(oid::vid_to_vdi_oid(vid), size as u32, 0, true)
             .await
         {
             Ok(b) => Ok((vid, b)),
             Err(_) => {
-                if snapid != 0 {
-                    errln(&format!(
-                        "Failed to read a snapshot {name}:{}",
-                        snapid as i32
-                    ));
-                } else if !tag.is_empty() {
-                    errln(&format!("Failed to read a snapshot {name}:{tag}"));
-                } else {
-                    errln(&format!("Failed to read a vdi {name}"));
-                }
+                report_vdi_read_failure(name, snapid, tag);
                 Err(EXIT_FAILURE)
             }
         }
