@@ -476,7 +476,7 @@ async fn vdi_list(ctx: &Ctx, inv: &Invocation) -> R<i32> {
     }
     let ret = if let Some(name) = inv.rest.first() {
         ctx.parse_vdi(true, |e, _| {
-            if dogfmt_name(&e.header) == *name {
+            if e.header.name == *name {
                 out(&dogfmt::vdi_list_row(e, raw));
             }
         })
@@ -504,11 +504,6 @@ async fn vdi_list(ctx: &Ctx, inv: &Invocation) -> R<i32> {
             .await
     };
     Ok(if ret < 0 { EXIT_SYSFAIL } else { EXIT_SUCCESS })
-}
-
-fn dogfmt_name(h: &InodeHeader) -> String {
-    let end = h.raw_name.iter().position(|&b| b == 0).unwrap_or(256);
-    String::from_utf8_lossy(&h.raw_name[..end]).into_owned()
 }
 
 // ------------------------------------------------------------------ vdi create

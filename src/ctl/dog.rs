@@ -54,14 +54,11 @@ pub fn strerror(e: &std::io::Error) -> String {
 /// dog's node-list preamble learned.
 pub struct Ctx {
     pub client: Client,
-    pub addr: SheepAddr,
-    pub opts: Options,
     pub raw: bool,
     pub verbose: bool,
     /// After `update_node_list`: nodes in dog's order, the epoch, zones.
     pub nodes: Vec<SdNode>,
     pub epoch: u32,
-    pub cluster_flags: u16,
     pub zones: usize,
     node_clients: HashMap<SheepAddr, Client>,
 }
@@ -69,14 +66,11 @@ pub struct Ctx {
 impl Ctx {
     pub fn new(addr: SheepAddr, opts: Options) -> Ctx {
         Ctx {
-            client: Client::new(addr.clone(), opts.clone()),
-            addr,
-            opts,
+            client: Client::new(addr, opts),
             raw: false,
             verbose: false,
             nodes: Vec::new(),
             epoch: 0,
-            cluster_flags: 0,
             zones: 0,
             node_clients: HashMap::new(),
         }
@@ -162,9 +156,6 @@ impl Ctx {
         let mut h = ReqHeader::for_op(op::STAT_CLUSTER);
         h.data_length = crate::proto::node::EPOCH_LOG_SIZE as u32;
         let rsp = self.exec(h, None).await.ok_or_else(fail)?;
-        if rsp.data.len() >= 32 {
-            self.cluster_flags = get_u16(&rsp.data, 30);
-        }
         self.epoch = rsp.hdr.epoch;
         Ok(())
     }
