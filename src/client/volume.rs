@@ -11,7 +11,7 @@
 //!   working VDI and redo the write as COW;
 //! - the VDI lock, the optional object cache and per-volume statistics.
 
-use super::ops::{DataMap, Inode, VdiId};
+use super::ops::{DataMap, Inode};
 use super::{Client, Error, ObjectCache, Result};
 use crate::proto::inode::{self, InodeHeader};
 use crate::proto::{flags, oid, SdRes, LOCK_TYPE_NORMAL, LOCK_TYPE_SHARED};
@@ -171,19 +171,20 @@ struct Piece {
     buf_off: usize,
 }
 
-fn pieces(off: u64, len: usize, shift: u8) -> Vec<Piece> {
+fn pieces(off: u64, len: u64, shift: u8) -> Vec<Piece> {
     let obj = 1u64 << shift;
     let mut v = Vec::new();
-    let mut done = 0usize;
+    let mut done = 0u64;
     while done < len {
-        let pos = off + done as u64;
+        let pos = off + done;
         let in_obj = pos & (obj - 1);
-        let n = ((obj - in_obj) as usize).min(len - done);
+        // At most one object (2 GiB), so it fits a usize.
+        let n = (obj - in_obj).min(len - done);
         v.push(Piece {
             idx: pos >> shift,
             off: in_obj,
-            len: n,
-            buf_off: done,
+            len: n as usize,
+            buf_off: done as usize,
         });
         done += n;
     }
@@ -205,7 +206,7 @@ impl Volume {
         };
         let locked = (opts.lock != LockMode::None).then_some(id.vid);
         match client.read_inode(id.vid, false).await {
-            Ok(inode) => Ok(Self::from_parts(client, name, id, inode, opts, locked)),
+            Ok(inode) => Ok(Self::from_parts(client, name, inode, opts, locked)),
             Err(e) => {
                 if let Some(vid) = locked {
                     let _ = client.release_vdi(vid, opts.lock.wire()).await;
@@ -217,24 +218,17 @@ impl Volume {
 
     /// A volume over an inode the caller already read (e.g. sheepctl reading
     /// the whole inode as dog does). Takes no lock.
-    pub fn open_resolved(
-        client: Client,
-        name: &str,
-        id: VdiId,
-        inode: Inode,
-        opts: OpenOptions,
-    ) -> Volume {
+    pub fn open_resolved(client: Client, name: &str, inode: Inode, opts: OpenOptions) -> Volume {
         let opts = OpenOptions {
             lock: LockMode::None,
             ..opts
         };
-        Self::from_parts(client, name, id, inode, opts, None)
+        Self::from_parts(client, name, inode, opts, None)
     }
 
     fn from_parts(
         client: Client,
         name: &str,
-        _id: VdiId,
         inode: Inode,
         opts: OpenOptions,
         locked: Option<u32>,
@@ -340,7 +334,7 @@ impl Volume {
             return Ok(Vec::new());
         }
         let len = (len as u64).min(size - off) as usize;
-        let ps = pieces(off, len, shift);
+        let ps = pieces(off, len as u64, shift);
         let parts = try_join_all(ps.iter().map(|p| self.read_piece(*p))).await?;
         if parts.len() == 1 {
             return Ok(parts.into_iter().next().unwrap_or_default());
@@ -416,7 +410,8 @@ impl Volume {
         res
     }
 
-    fn check_writable(&self, off: u64, len: u64) -> Result<(u64, u8)> {
+    /// Checks a write of `[off, off+len)`; the object size shift.
+    fn check_writable(&self, off: u64, len: u64) -> Result<u8> {
         self.check_open()?;
         if self.read_only {
             return Err(Error::ReadOnly(format!("{}{}", self.name, self.sel)));
@@ -429,16 +424,16 @@ impl Volume {
                 size,
             });
         }
-        Ok((size, s.header.block_size_shift))
+        Ok(s.header.block_size_shift)
     }
 
     async fn write_inner(&self, off: u64, data: Bytes) -> Result<()> {
-        let (_, shift) = self.check_writable(off, data.len() as u64)?;
+        let shift = self.check_writable(off, data.len() as u64)?;
         if data.is_empty() {
             return Ok(());
         }
         let _range = self.ranges.lock(off, off + data.len() as u64).await;
-        let ps = pieces(off, data.len(), shift);
+        let ps = pieces(off, data.len() as u64, shift);
         try_join_all(ps.iter().map(|p| {
             let chunk = data.slice(p.buf_off..p.buf_off + p.len);
             self.write_piece(p.idx, p.off, chunk)
@@ -661,27 +656,17 @@ impl Volume {
     /// Makes `[off, off+len)` read as zeros: whole objects are unmapped
     /// (DISCARD_OBJ for our own objects), partial ones written with zeros.
     pub async fn discard(&self, off: u64, len: u64) -> Result<()> {
-        let (_, shift) = self.check_writable(off, len)?;
+        let shift = self.check_writable(off, len)?;
         if len == 0 {
             return Ok(());
         }
         let _range = self.ranges.lock(off, off + len).await;
         let obj = 1u64 << shift;
-        let mut pos = off;
-        let end = off + len;
-        let mut jobs = Vec::new();
-        while pos < end {
-            let idx = pos >> shift;
-            let in_obj = pos & (obj - 1);
-            let n = (obj - in_obj).min(end - pos);
-            jobs.push((idx, in_obj, n));
-            pos += n;
-        }
-        try_join_all(jobs.into_iter().map(|(idx, in_obj, n)| async move {
-            if n == obj {
-                self.unmap(idx).await
-            } else if self.lookup(idx).1 != 0 {
-                self.write_piece(idx, in_obj, Bytes::from(vec![0u8; n as usize]))
+        try_join_all(pieces(off, len, shift).into_iter().map(|p| async move {
+            if p.len as u64 == obj {
+                self.unmap(p.idx).await
+            } else if self.lookup(p.idx).1 != 0 {
+                self.write_piece(p.idx, p.off, Bytes::from(vec![0u8; p.len]))
                     .await
             } else {
                 Ok(())

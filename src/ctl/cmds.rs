@@ -7,7 +7,7 @@ use super::{
     errln, option_parse_size, out, Cmd, Exit, Invocation, Sub, EXIT_EXISTS, EXIT_FAILURE,
     EXIT_MISSING, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, R, VDI_LOCK_CMDS,
 };
-use crate::client::{Inode, OpenOptions, SnapSel, VdiId, Volume};
+use crate::client::{Inode, OpenOptions, SnapSel, Volume};
 use crate::dogfmt::{self, ClusterInfoOpts, ClusterStatus, NodeSpace, Tz};
 use crate::proto::attr::SD_ATTR_OBJ_SIZE;
 use crate::proto::bytes::{get_u16, get_u32, get_u64, put_u32, put_u64};
@@ -1074,15 +1074,9 @@ async fn open_volume(
     } else {
         SnapSel::Working
     };
-    let id = VdiId {
-        vid,
-        copies: inode.header.nr_copies,
-        block_size_shift: inode.header.block_size_shift,
-    };
     let vol = Volume::open_resolved(
         ctx.client.clone(),
         name,
-        id,
         inode.clone(),
         OpenOptions {
             snapshot: sel,
