@@ -13,8 +13,8 @@ pub fn fnv1a_64(data: &[u8], mut hval: u64) -> u64 {
 }
 
 /// The first candidate vid for `name`: low 24 bits of the hash, 0 mapped to 1.
-pub fn vdi_name_hash(name: &str) -> u32 {
-    let vid = (fnv1a_64(name.as_bytes(), FNV1A_64_INIT) & 0xFF_FFFF) as u32;
+pub fn vdi_name_hash(name: impl AsRef<[u8]>) -> u32 {
+    let vid = (fnv1a_64(name.as_ref(), FNV1A_64_INIT) & 0xFF_FFFF) as u32;
     if vid == 0 {
         1
     } else {

@@ -8,23 +8,20 @@ use super::error::OpResult;
 use super::fault;
 use super::state::{Intent, IntentOp};
 use crate::proto::bytes::{get_u32, get_u64, put_u32, put_u64};
-use crate::proto::hash::{fnv1a_64, FNV1A_64_INIT};
 use crate::proto::header::VdiRsp;
 use crate::proto::inode::{
     self, DATA_VDI_ID_OFFSET, GREF_OFFSET, SD_INODE_DATA_INDEX, SD_INODE_HEADER_SIZE, SD_INODE_SIZE,
 };
 use crate::proto::node::lock_state;
 use crate::proto::{
-    attr, flags, oid, SdRes, LOCK_TYPE_NORMAL, LOCK_TYPE_SHARED, SD_MAX_VDI_LEN, SD_NR_VDIS,
+    attr, flags, oid, vdi_name_hash, SdRes, LOCK_TYPE_NORMAL, LOCK_TYPE_SHARED, SD_MAX_VDI_LEN,
+    SD_NR_VDIS,
 };
 
 const NAME_LEN: usize = SD_MAX_VDI_LEN;
 const SNAP_ID_OFF: usize = 556;
 const VDI_ID_OFF: usize = 560;
-const SNAP_CTIME_OFF: usize = 520;
 const CREATE_TIME_OFF: usize = 512;
-/// Bytes sheep reads per inode during a lookup (up to btree_counter).
-const LOOKUP_LEN: usize = inode::LOOKUP_READ;
 /// Participant states of shared locks.
 const SHARED_MODIFIED: u32 = 1;
 const SHARED_SHARED: u32 = 2;
@@ -51,20 +48,6 @@ struct Info {
     snapid: u32,
     create_time: u64,
     free_bit: u32,
-}
-
-/// Current time in sheep's format (seconds << 32 | µs × 1000).
-fn sd_now() -> u64 {
-    crate::proto::sd_time_now()
-}
-
-fn hash_name(name: &[u8]) -> u32 {
-    let v = (fnv1a_64(cstr(name), FNV1A_64_INIT) & 0xFF_FFFF) as u32;
-    if v == 0 {
-        1
-    } else {
-        v
-    }
 }
 
 /// Parses name[256] (+ tag[256]); other lengths are INVALID_PARMS.
@@ -101,11 +84,11 @@ impl Sheep {
         let mut below = right;
         while let Some(i) = self.prev_used(left.max(1), below) {
             below = i;
-            let ino = self.read_inode(i, LOOKUP_LEN)?;
+            let ino = self.read_inode(i, inode::LOOKUP_READ)?;
             if cstr(&ino[..NAME_LEN]) != cstr(q.name) {
                 continue;
             }
-            let snap_ctime = get_u64(&ino, SNAP_CTIME_OFF);
+            let snap_ctime = get_u64(&ino, inode::SNAP_CTIME_OFFSET);
             let snap_id = get_u32(&ino, SNAP_ID_OFF);
             let vdi_id = get_u32(&ino, VDI_ID_OFF);
             if q.has_tag() {
@@ -164,7 +147,7 @@ impl Sheep {
     fn lookup(&self, q: &Query, info: &mut Info) -> OpResult<()> {
         let (recycle, left, first_free) = {
             let st = self.state.read();
-            let left = hash_name(q.name);
+            let left = vdi_name_hash(cstr(q.name));
             (
                 st.recycle_vid(),
                 left,
@@ -364,7 +347,7 @@ impl Sheep {
             cp,
             store_policy: a.store_policy,
             shift,
-            time: sd_now(),
+            time: crate::proto::sd_time_now(),
         };
         let _g = self.vdi_lock.write();
         let r = self.resolve_pending().and_then(|()| {
@@ -565,7 +548,7 @@ impl Sheep {
     /// Whether the inode `it` creates exists (creates are atomic, so an
     /// existing file is whole) and is this operation's (its create_time).
     fn new_inode_complete(&self, it: &Intent) -> OpResult<bool> {
-        match self.read_inode(it.vid, LOOKUP_LEN) {
+        match self.read_inode(it.vid, inode::LOOKUP_READ) {
             Ok(h) => {
                 Ok(get_u32(&h, VDI_ID_OFF) == it.vid && get_u64(&h, CREATE_TIME_OFF) == it.time)
             }
@@ -593,10 +576,14 @@ impl Sheep {
                 let _g = self.store.lock(ioid);
                 let mut b = [0u8; 8];
                 self.store
-                    .read_locked(ioid, SNAP_CTIME_OFF as u64, &mut b)?;
+                    .read_locked(ioid, inode::SNAP_CTIME_OFFSET as u64, &mut b)?;
                 if u64::from_le_bytes(b) == it.time {
-                    self.store
-                        .write_locked(ioid, SNAP_CTIME_OFF as u64, &[0; 8], true)?;
+                    self.store.write_locked(
+                        ioid,
+                        inode::SNAP_CTIME_OFFSET as u64,
+                        &[0; 8],
+                        true,
+                    )?;
                 }
             }
             _ => {}
@@ -611,8 +598,12 @@ impl Sheep {
     fn set_snap_ctime(&self, vid: u32, time: u64) -> OpResult<()> {
         let ioid = oid::vid_to_vdi_oid(vid);
         let _g = self.store.lock(ioid);
-        self.store
-            .write_locked(ioid, SNAP_CTIME_OFF as u64, &time.to_le_bytes(), true)
+        self.store.write_locked(
+            ioid,
+            inode::SNAP_CTIME_OFFSET as u64,
+            &time.to_le_bytes(),
+            true,
+        )
     }
 
     /// Reads the base inode, increments its references for every mapped entry
@@ -627,7 +618,7 @@ impl Sheep {
             .read_locked(boid, 0, &mut ino)
             .map_err(|_| SdRes::BASE_VDI_READ)?;
         if let Some(t) = snap_time {
-            put_u64(&mut ino, SNAP_CTIME_OFF, t);
+            put_u64(&mut ino, inode::SNAP_CTIME_OFFSET, t);
         }
         for i in 0..SD_INODE_DATA_INDEX {
             if get_u32(&ino, DATA_VDI_ID_OFFSET + 4 * i) != 0 {
@@ -657,10 +648,10 @@ impl Sheep {
         let _g = self.store.lock(boid);
         let mut ino = vec![0u8; SD_INODE_SIZE];
         self.store.read_locked(boid, 0, &mut ino)?;
-        if get_u64(&ino, SNAP_CTIME_OFF) != time {
+        if get_u64(&ino, inode::SNAP_CTIME_OFFSET) != time {
             return Ok(());
         }
-        put_u64(&mut ino, SNAP_CTIME_OFF, 0);
+        put_u64(&mut ino, inode::SNAP_CTIME_OFFSET, 0);
         for i in 0..SD_INODE_DATA_INDEX {
             if get_u32(&ino, DATA_VDI_ID_OFFSET + 4 * i) != 0 {
                 let off = GREF_OFFSET + 8 * i + 4;
@@ -883,7 +874,7 @@ impl Sheep {
             return Reply::res(e);
         }
         // Attributes live under the name hash, so they survive snapshots.
-        let vid = hash_name(&req.data[..NAME_LEN]);
+        let vid = vdi_name_hash(cstr(&req.data[..NAME_LEN]));
         put_u64(&mut vattr, 512, info.create_time);
         let wr = h.flags & flags::CMD_CREAT != 0;
         let excl = h.flags & flags::CMD_EXCL != 0;
