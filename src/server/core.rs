@@ -759,9 +759,7 @@ impl Sheep {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         self.commit(|s| {
-            let status = s.status;
             *s = State::unformatted();
-            s.status = status;
             s.formatted = true;
             s.status = cluster_status::OK;
             s.ctime = c.ctime;

@@ -147,7 +147,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     .map_err(|e| format!("receive failed: {e}"))?;
             }
             let out = reply_bytes(&ctx.sheep, &hdr, Reply::res(SdRes::INVALID_PARMS));
-            send(&tx, out, None).await?;
+            tx.send(out).await.map_err(|_| "writer gone".to_string())?;
             drop(slot);
             continue;
         }
@@ -222,16 +222,11 @@ fn run_request(sheep: &Sheep, req: Req) -> Reply {
 
 fn reply_bytes(sheep: &Sheep, req: &ReqHeader, reply: Reply) -> Outgoing {
     let rsp = RspHeader {
-        proto_ver: 0,
-        opcode: req.opcode,
-        flags: 0,
-        // The epoch at reply time (MAKE_FS answers with the new epoch).
-        epoch: sheep.epoch(),
-        id: req.id,
         data_length: (reply.data.len() as u64 + reply.stream.as_ref().map(|s| s.len).unwrap_or(0))
             as u32,
-        result: reply.result.0,
         args: reply.args,
+        // The epoch at reply time (MAKE_FS answers with the new epoch).
+        ..RspHeader::reply_to(req, reply.result, sheep.epoch())
     };
     Outgoing {
         hdr: rsp.encode(),
@@ -239,15 +234,6 @@ fn reply_bytes(sheep: &Sheep, req: &ReqHeader, reply: Reply) -> Outgoing {
         stream: reply.stream,
         _permit: None,
     }
-}
-
-async fn send(
-    tx: &mpsc::Sender<Outgoing>,
-    mut out: Outgoing,
-    permit: Option<OwnedSemaphorePermit>,
-) -> Result<(), String> {
-    out._permit = permit;
-    tx.send(out).await.map_err(|_| "writer gone".to_string())
 }
 
 /// Sends a file range piece by piece. A read error after the header promised
