@@ -709,11 +709,13 @@ impl Conn {
                 } else {
                     self.params.first_burst.min(edtl).max(imm)
                 };
-                let mut buf = BytesMut::with_capacity((imm as usize).max(4096).min(edtl as usize));
-                buf.extend_from_slice(&p.data);
                 if imm == edtl {
-                    data = DataIn::Ready(buf.freeze());
+                    // All in the command PDU: its buffer is the data, no copy.
+                    data = DataIn::Ready(p.data.clone());
                 } else {
+                    let mut buf =
+                        BytesMut::with_capacity((imm as usize).max(4096).min(edtl as usize));
+                    buf.extend_from_slice(&p.data);
                     let (tx, rx) = oneshot::channel();
                     let mut x = WriteXfer {
                         task: task.clone(),
