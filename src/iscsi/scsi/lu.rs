@@ -343,6 +343,17 @@ impl LogicalUnit {
 
     // ---------------------------------------------------------------- helpers
 
+    /// Decodes a READ/WRITE-style CDB without protection information (the
+    /// *PROTECT bits set are INVALID FIELD IN CDB) and checks its range.
+    fn decode_io(&self, cdb: &[u8], limit: u64) -> Result<(Rw, u64, u64), Sense> {
+        let rw = decode_rw(cdb).ok_or_else(|| invalid_cdb(0))?;
+        if rw.flags & 0xe0 != 0 {
+            return Err(invalid_cdb(1));
+        }
+        let (off, len) = self.check_range(&rw, limit)?;
+        Ok((rw, off, len))
+    }
+
     /// Checks `[lba, lba+blocks)` against the capacity and the transfer limit.
     fn check_range(&self, rw: &Rw, limit: u64) -> Result<(u64, u64), Sense> {
         let nb = self.blocks();
@@ -518,22 +529,13 @@ impl LogicalUnit {
     }
 
     async fn read(&self, cdb: &[u8]) -> Result<Response, Sense> {
-        let rw = decode_rw(cdb).ok_or_else(|| invalid_cdb(0))?;
-        if rw.flags & 0xe0 != 0 {
-            // RDPROTECT: no protection information.
-            return Err(invalid_cdb(1));
-        }
-        let (off, len) = self.check_range(&rw, MAX_XFER_BLOCKS)?;
+        let (_, off, len) = self.decode_io(cdb, MAX_XFER_BLOCKS)?;
         let d = self.backend_read(off, len).await?;
         Ok(Response::data(d))
     }
 
     async fn write(&self, cmd: &Command<'_>) -> Result<Response, Sense> {
-        let rw = decode_rw(cmd.cdb).ok_or_else(|| invalid_cdb(0))?;
-        if rw.flags & 0xe0 != 0 {
-            return Err(invalid_cdb(1));
-        }
-        let (off, len) = self.check_range(&rw, MAX_XFER_BLOCKS)?;
+        let (rw, off, len) = self.decode_io(cmd.cdb, MAX_XFER_BLOCKS)?;
         self.check_writable(cmd.path)?;
         // Only whole blocks the initiator actually sent are written (residual overflow).
         let have = (cmd.data_out.len() as u64).min(len) & !(BLOCK_SIZE - 1);
@@ -551,12 +553,8 @@ impl LogicalUnit {
     }
 
     async fn verify(&self, cmd: &Command<'_>) -> Result<Response, Sense> {
-        let rw = decode_rw(cmd.cdb).ok_or_else(|| invalid_cdb(0))?;
-        if rw.flags & 0xe0 != 0 {
-            return Err(invalid_cdb(1));
-        }
+        let (rw, off, len) = self.decode_io(cmd.cdb, MAX_XFER_BLOCKS)?;
         let bytchk = (rw.flags >> 1) & 0x03;
-        let (off, len) = self.check_range(&rw, MAX_XFER_BLOCKS)?;
         match bytchk {
             0 => Ok(Response::good()),
             1 | 3 => {
@@ -708,11 +706,7 @@ impl LogicalUnit {
     }
 
     async fn compare_and_write(&self, cmd: &Command<'_>) -> Result<Response, Sense> {
-        let rw = decode_rw(cmd.cdb).ok_or_else(|| invalid_cdb(0))?;
-        if rw.flags & 0xe0 != 0 {
-            return Err(invalid_cdb(1));
-        }
-        let (off, len) = self.check_range(&rw, MAX_CAW_BLOCKS)?;
+        let (rw, off, len) = self.decode_io(cmd.cdb, MAX_CAW_BLOCKS)?;
         let wanted = 2 * len;
         let done = Response {
             wanted_out: wanted,
@@ -741,11 +735,7 @@ impl LogicalUnit {
     }
 
     async fn orwrite(&self, cmd: &Command<'_>) -> Result<Response, Sense> {
-        let rw = decode_rw(cmd.cdb).ok_or_else(|| invalid_cdb(0))?;
-        if rw.flags & 0xe0 != 0 {
-            return Err(invalid_cdb(1));
-        }
-        let (off, len) = self.check_range(&rw, MAX_XFER_BLOCKS)?;
+        let (_, off, len) = self.decode_io(cmd.cdb, MAX_XFER_BLOCKS)?;
         self.check_writable(cmd.path)?;
         let have = (cmd.data_out.len() as u64).min(len) & !(BLOCK_SIZE - 1);
         if have > 0 {
