@@ -517,7 +517,8 @@ impl FsCore {
             return Ok(());
         };
         let end = off.saturating_add(size as u64).min(a.vol.size());
-        if off >= end || a.vol.seek_hole(off) >= end || r.lock().elapsed() < RO_REFRESH {
+        // The clock first: seek_hole walks the map, which reads need not pay for.
+        if off >= end || r.lock().elapsed() < RO_REFRESH || a.vol.seek_hole(off) >= end {
             return Ok(());
         }
         a.vol.reload().await.map_err(|e| {
