@@ -89,6 +89,17 @@ pub struct Attached {
 const RO_REFRESH: Duration = Duration::from_secs(1);
 
 impl Attached {
+    /// EROFS for a volume attached read-only (a snapshot, or --read-only).
+    fn check_writable(&self) -> FsResult<()> {
+        if self.read_only {
+            return Err(FsError::new(
+                libc::EROFS,
+                format!("volume {} is read-only", self.file),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn open_files(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
@@ -295,6 +306,11 @@ impl FsCore {
         }
     }
 
+    /// EACCES for writing a file that only reads.
+    fn read_only_file(&self, ino: u64) -> FsError {
+        FsError::new(libc::EACCES, format!("{} is read-only", self.path_of(ino)))
+    }
+
     /// `dir/name` of a fixed inode, for messages.
     fn path_of(&self, ino: u64) -> String {
         match tree::entry(ino) {
@@ -425,10 +441,7 @@ impl FsCore {
         if let Some(e) = tree::entry(ino) {
             return match e.kind {
                 Static::Dir => Err(FsError::new(libc::EISDIR, "is a directory")),
-                Static::State(..) if write => Err(FsError::new(
-                    libc::EACCES,
-                    format!("{} is read-only", self.path_of(ino)),
-                )),
+                Static::State(..) if write => Err(self.read_only_file(ino)),
                 // Control files are opened direct_io so that every write
                 // reaches us as written and its result (errno, or a short
                 // count) reaches the writer.
@@ -451,11 +464,8 @@ impl FsCore {
             let t = a.stats_text(self.object_cache());
             return Ok(text(self.add_handle(Handle::Text(t))));
         }
-        if write && a.read_only {
-            return Err(FsError::new(
-                libc::EROFS,
-                format!("volume {} is read-only", a.file),
-            ));
+        if write {
+            a.check_writable()?;
         }
         if flags & libc::O_TRUNC != 0 {
             tracing::debug!(volume = %a.file, "O_TRUNC ignored: a volume keeps its size");
@@ -533,28 +543,15 @@ impl FsCore {
         if let Some(e) = tree::entry(ino) {
             return match e.kind {
                 Static::Control(c) => self.control_write(c, &data).await,
-                _ => Err(FsError::new(
-                    libc::EACCES,
-                    format!("{} is read-only", self.path_of(ino)),
-                )),
+                _ => Err(self.read_only_file(ino)),
             };
         }
         let h = self.handle(fh)?;
         let a = match &*h {
             Handle::Volume(a) => a,
-            Handle::Text(_) => {
-                return Err(FsError::new(
-                    libc::EACCES,
-                    format!("{} is read-only", self.path_of(ino)),
-                ))
-            }
+            Handle::Text(_) => return Err(self.read_only_file(ino)),
         };
-        if a.read_only {
-            return Err(FsError::new(
-                libc::EROFS,
-                format!("volume {} is read-only", a.file),
-            ));
-        }
+        a.check_writable()?;
         let size = a.vol.size();
         if off >= size {
             return Err(FsError::new(
@@ -600,21 +597,13 @@ impl FsCore {
             if let Some(e) = tree::entry(ino) {
                 match e.kind {
                     Static::Dir => return Err(FsError::new(libc::EISDIR, "is a directory")),
-                    Static::State(..) => {
-                        return Err(FsError::new(
-                            libc::EACCES,
-                            format!("{} is read-only", self.path_of(ino)),
-                        ))
-                    }
+                    Static::State(..) => return Err(self.read_only_file(ino)),
                     // So that `echo x > vdi/mount` works on kernels that send
                     // a truncate for O_TRUNC.
                     Static::Control(_) => {}
                 }
             } else if tree::is_stats_ino(ino) {
-                return Err(FsError::new(
-                    libc::EACCES,
-                    format!("{} is read-only", self.path_of(ino)),
-                ));
+                return Err(self.read_only_file(ino));
             } else if let Some(a) = self.volume_by_ino(ino) {
                 self.resize(&a, new).await?;
             }
@@ -627,12 +616,7 @@ impl FsCore {
         if new == size {
             return Ok(());
         }
-        if a.read_only {
-            return Err(FsError::new(
-                libc::EROFS,
-                format!("volume {} is read-only", a.file),
-            ));
-        }
+        a.check_writable()?;
         if new < size {
             return Err(FsError::new(
                 libc::EINVAL,
@@ -681,12 +665,7 @@ impl FsCore {
                 "PUNCH_HOLE needs KEEP_SIZE".to_string(),
             ));
         }
-        if a.read_only {
-            return Err(FsError::new(
-                libc::EROFS,
-                format!("volume {} is read-only", a.file),
-            ));
-        }
+        a.check_writable()?;
         let size = a.vol.size();
         let end = off.saturating_add(len);
         if end > size && zero && mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
