@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{pattern, SheepLite};
+use common::{pattern, sha, SheepLite};
 use rand::{Rng, SeedableRng};
 use sheepfs::client::{
     Client, CreateOptions, Error, LockMode, ObjectCache, OpenOptions, Options, SheepAddr, SnapSel,
@@ -14,11 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const MB: u64 = 1 << 20;
-
-fn sha(data: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(data).into()
-}
 
 async fn create(c: &Client, name: &str, size: u64) -> u32 {
     c.create_vdi(name, size, &CreateOptions::default())

@@ -18,10 +18,9 @@ use sha2::Digest;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Rec {
     conn: u64,
@@ -293,58 +292,6 @@ fn stdin_for(file: &str) -> Vec<u8> {
     }
 }
 
-struct Run {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: String,
-}
-
-fn run_sheepctl(args: &[String], stdin: Vec<u8>) -> Run {
-    let mut c = Command::new(common::bin("sheepctl"))
-        .args(args)
-        .env("TZ", "UTC")
-        .env_remove("SHEEPDOG_DOG_ADDR")
-        .env_remove("SHEEPDOG_DOG_PORT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sheepctl");
-    let mut si = c.stdin.take().unwrap();
-    let w = std::thread::spawn(move || {
-        let _ = si.write_all(&stdin);
-    });
-    let mut so = c.stdout.take().unwrap();
-    let mut se = c.stderr.take().unwrap();
-    let ro = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let re = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            panic!("sheepctl {args:?} did not finish");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let _ = w.join();
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: ro.join().unwrap(),
-        stderr: String::from_utf8_lossy(&re.join().unwrap()).into_owned(),
-    }
-}
-
 /// Steps whose requests go to each node's advertised address.
 fn per_node(step: &str) -> bool {
     step.contains("cluster-format") || step.contains("node-info")
@@ -372,7 +319,8 @@ fn replay_step(recs: &[Rec], step: &serde_json::Value) -> Vec<String> {
         }
         i += 1;
     }
-    let r = run_sheepctl(&args, stdin);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = common::run_sheepctl(&args, &stdin, &[("TZ", "UTC")], Duration::from_secs(120));
     let mut errs = fake.finish();
     let want_rc = step["rc"].as_i64().unwrap() as i32;
     if r.code != want_rc {

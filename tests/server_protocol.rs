@@ -6,9 +6,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::{pattern, SheepLite};
-use sha2::{Digest, Sha256};
-use sheepfs::client::{Client, CreateOptions, Options, Request, Response, SheepAddr, SnapSel};
+use common::{name_payload, obj_hdr, pattern, send, sha, SheepLite};
+use sheepfs::client::{Client, CreateOptions, Options, Response, SheepAddr, SnapSel};
 use sheepfs::proto::header::{ClusterArgs, NodeRsp, ObjArgs, VdiArgs, VdiRsp};
 use sheepfs::proto::inode::{self, InodeHeader, SD_INODE_SIZE};
 use sheepfs::proto::node::{lock_state, ClusterInfo, EpochLog, SdNode, VdiState};
@@ -21,37 +20,6 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 const MB4: usize = 4 << 20;
-
-fn hdr(opcode: u8) -> ReqHeader {
-    ReqHeader::new(if opcode >= 0x80 { 0x0a } else { 0x02 }, opcode)
-}
-
-fn obj_hdr(opcode: u8, oid: u64, offset: u32, len: u32) -> ReqHeader {
-    let mut h = hdr(opcode);
-    h.data_length = len;
-    h.args = ObjArgs {
-        oid,
-        offset,
-        ..Default::default()
-    }
-    .encode();
-    h
-}
-
-fn name_payload(name: &str, tag: &str) -> Vec<u8> {
-    let mut v = vec![0u8; 512];
-    v[..name.len()].copy_from_slice(name.as_bytes());
-    v[256..256 + tag.len()].copy_from_slice(tag.as_bytes());
-    v
-}
-
-async fn send(c: &Client, h: ReqHeader, payload: Vec<u8>) -> Response {
-    let mut r = Request::new(h);
-    if !payload.is_empty() {
-        r = r.with_payload(payload);
-    }
-    c.send(r).await.expect("transport")
-}
 
 /// Checks the fixed parts of a reply header.
 #[track_caller]
@@ -82,10 +50,6 @@ async fn formatted(flags: u16) -> (SheepLite, Client) {
         .await
         .expect("format");
     (s, c)
-}
-
-fn sha(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
 }
 
 // ------------------------------------------------------------------ gates
@@ -121,21 +85,21 @@ async fn version_gate_unknown_ops_and_unformatted_gate() {
         op::GET_VDI_ATTR,
         op::FLUSH_VDI,
     ] {
-        let r = send(&c, hdr(opc), vec![]).await;
+        let r = send(&c, ReqHeader::for_op(opc), vec![]).await;
         check(&r, opc, 0, SdRes::WAIT_FOR_FORMAT);
     }
-    let mut h = hdr(op::STAT_CLUSTER);
+    let mut h = ReqHeader::for_op(op::STAT_CLUSTER);
     h.data_length = 48;
     let r = send(&c, h, vec![]).await;
     check(&r, op::STAT_CLUSTER, 0, SdRes::WAIT_FOR_FORMAT);
     assert!(r.data.is_empty(), "no epoch records before format");
-    let mut h = hdr(op::READ_VDIS);
+    let mut h = ReqHeader::for_op(op::READ_VDIS);
     h.data_length = VDI_BITMAP_SIZE as u32;
     let r = send(&c, h, vec![]).await;
     check(&r, op::READ_VDIS, 0, SdRes::SUCCESS);
     assert!(r.data.iter().all(|&b| b == 0));
     // CLUSTER_INFO before format: as the captured sheep (dog-02).
-    let mut h = hdr(op::CLUSTER_INFO);
+    let mut h = ReqHeader::for_op(op::CLUSTER_INFO);
     h.data_length = 491_568;
     let r = send(&c, h, vec![]).await;
     check(&r, op::CLUSTER_INFO, 0, SdRes::SUCCESS);
@@ -153,7 +117,7 @@ async fn version_gate_unknown_ops_and_unformatted_gate() {
     assert_eq!(nodes[0].nr_vnodes, 128);
     assert_eq!(nodes[0].zone, 16_777_343);
     assert!(nodes[0].space > 0);
-    let r = send(&c, hdr(op::GET_CLUSTER_DEFAULT), vec![]).await;
+    let r = send(&c, ReqHeader::for_op(op::GET_CLUSTER_DEFAULT), vec![]).await;
     check(&r, op::GET_CLUSTER_DEFAULT, 0, SdRes::SUCCESS);
     assert_eq!(&r.hdr.encode()[20..23], &[0, 0, 0]);
 }
@@ -260,13 +224,13 @@ async fn cluster_ops_after_format() {
     let s = SheepLite::start();
     let c = client(&s);
     // Unknown store driver.
-    let mut h = hdr(op::MAKE_FS);
+    let mut h = ReqHeader::for_op(op::MAKE_FS);
     h.flags = flags::CMD_WRITE;
     let r = send(&c, h, b"nosuch\0".to_vec()).await;
     check(&r, op::MAKE_FS, 0, SdRes::NO_STORE);
     // Format as dog does (copies 0 -> 3, shift 0 -> 22).
     let ctime = 0x6b03_4a84_1e40_c810u64;
-    let mut h = hdr(op::MAKE_FS);
+    let mut h = ReqHeader::for_op(op::MAKE_FS);
     h.flags = flags::CMD_WRITE;
     h.args = ClusterArgs {
         ctime,
@@ -277,7 +241,7 @@ async fn cluster_ops_after_format() {
     let r = send(&c, h, b"plain\0".to_vec()).await;
     check(&r, op::MAKE_FS, 1, SdRes::SUCCESS);
     // STAT_CLUSTER with 0 node slots: one bare record (dog's first probe).
-    let mut h = hdr(op::STAT_CLUSTER);
+    let mut h = ReqHeader::for_op(op::STAT_CLUSTER);
     h.data_length = 48;
     let r = send(&c, h, vec![]).await;
     check(&r, op::STAT_CLUSTER, 1, SdRes::SUCCESS);
@@ -302,7 +266,7 @@ async fn cluster_ops_after_format() {
         format!("127.0.0.1:{}", s.port)
     );
     // Too small for one record: empty payload.
-    let mut h = hdr(op::STAT_CLUSTER);
+    let mut h = ReqHeader::for_op(op::STAT_CLUSTER);
     h.data_length = 100;
     h.args = ClusterArgs {
         nodes_nr: 1,
@@ -327,7 +291,7 @@ async fn cluster_ops_after_format() {
     let (size, free) = c.stat_sheep().await.unwrap();
     assert!(size >= free && free > 0);
     // GET_EPOCH 1: our node + an 8-byte time; epoch 2 does not exist.
-    let mut h = hdr(op::GET_EPOCH);
+    let mut h = ReqHeader::for_op(op::GET_EPOCH);
     h.data_length = 1000;
     h.args = ObjArgs {
         tgt_epoch: 1,
@@ -346,14 +310,19 @@ async fn cluster_ops_after_format() {
     check(&send(&c, h, vec![]).await, op::GET_EPOCH, 1, SdRes::NO_TAG);
     // Recovery and loglevel knobs.
     for opc in [op::DISABLE_RECOVER, op::ENABLE_RECOVER, op::FLUSH_DEL_CACHE] {
-        check(&send(&c, hdr(opc), vec![]).await, opc, 1, SdRes::SUCCESS);
+        check(
+            &send(&c, ReqHeader::for_op(opc), vec![]).await,
+            opc,
+            1,
+            SdRes::SUCCESS,
+        );
     }
-    let mut h = hdr(op::STAT_RECOVERY);
+    let mut h = ReqHeader::for_op(op::STAT_RECOVERY);
     h.data_length = 24;
     let r = send(&c, h, vec![]).await;
     check(&r, op::STAT_RECOVERY, 1, SdRes::SUCCESS);
     assert_eq!(r.data, vec![0u8; 24]);
-    let mut h = hdr(op::MD_INFO);
+    let mut h = ReqHeader::for_op(op::MD_INFO);
     h.data_length = 263_688;
     let r = send(&c, h, vec![]).await;
     check(&r, op::MD_INFO, 1, SdRes::SUCCESS);
@@ -429,7 +398,7 @@ async fn object_ops_exist_list_discard_remove() {
     let ino = c.read_obj(ioid, 0, SD_INODE_SIZE as u32, 0).await.unwrap();
     assert_eq!(ino.len(), SD_INODE_SIZE);
     // EXIST / OIDS_EXIST.
-    let mut h = hdr(op::EXIST);
+    let mut h = ReqHeader::for_op(op::EXIST);
     h.args = ObjArgs {
         oid: o0,
         ..Default::default()
@@ -442,7 +411,7 @@ async fn object_ops_exist_list_discard_remove() {
     }
     .encode();
     check(&send(&c, h, vec![]).await, op::EXIST, 1, SdRes::NO_OBJ);
-    let mut h = hdr(op::OIDS_EXIST);
+    let mut h = ReqHeader::for_op(op::OIDS_EXIST);
     h.flags = flags::CMD_PIGGYBACK;
     let mut p = o0.to_le_bytes().to_vec();
     p.extend_from_slice(&o1.to_le_bytes());
@@ -450,7 +419,7 @@ async fn object_ops_exist_list_discard_remove() {
     check(&r, op::OIDS_EXIST, 1, SdRes::NO_OBJ);
     assert_eq!(r.data, o1.to_le_bytes());
     // GET_OBJ_LIST: inode and data object; BUFFER_SMALL when it does not fit.
-    let mut h = hdr(op::GET_OBJ_LIST);
+    let mut h = ReqHeader::for_op(op::GET_OBJ_LIST);
     h.data_length = 8;
     check(
         &send(&c, h, vec![]).await,
@@ -522,7 +491,7 @@ async fn vid_allocation_lookup_and_snapshots() {
         .unwrap();
     assert_eq!(vid, 0x7c2b25);
     // NEW_VDI reply union: vid, copies, block_size_shift (capture dog-06).
-    let mut h = hdr(op::NEW_VDI);
+    let mut h = ReqHeader::for_op(op::NEW_VDI);
     h.flags = flags::CMD_WRITE;
     h.args = VdiArgs {
         vdi_size: 1 << 30,
@@ -583,7 +552,7 @@ async fn vid_allocation_lookup_and_snapshots() {
     assert!(sn.is_snapshot());
     assert_eq!(sn.tag, "snap1");
     // GET_VDI_INFO payload must be 256 or 512 bytes.
-    let mut h = hdr(op::GET_VDI_INFO);
+    let mut h = ReqHeader::for_op(op::GET_VDI_INFO);
     h.flags = flags::CMD_WRITE;
     let r = send(&c, h, vec![0u8; 300]).await;
     check(&r, op::GET_VDI_INFO, 1, SdRes::INVALID_PARMS);
@@ -642,7 +611,7 @@ async fn vid_allocation_lookup_and_snapshots() {
     let st26 = states.iter().find(|s| s.vid == 0x7c2b26).unwrap();
     assert_eq!((st26.snapshot, st26.parent_vid), (0, 0x7c2b25));
     // GET_VDI_COPIES with a too small buffer.
-    let mut h = hdr(op::GET_VDI_COPIES);
+    let mut h = ReqHeader::for_op(op::GET_VDI_COPIES);
     h.data_length = 1428;
     check(
         &send(&c, h, vec![]).await,
@@ -806,7 +775,7 @@ async fn del_vdi_rules() {
     .unwrap();
     // DEL_VDI while data_vdi_id still maps an object: SUCCESS with the vid,
     // deleted bit set, but the inode is left alone (sheep abandons it).
-    let mut h = hdr(op::DEL_VDI);
+    let mut h = ReqHeader::for_op(op::DEL_VDI);
     h.flags = flags::CMD_WRITE;
     let r = send(&c, h, name_payload("d", "")).await;
     check(&r, op::DEL_VDI, 1, SdRes::SUCCESS);
@@ -955,7 +924,7 @@ async fn locks_without_and_with_use_lock() {
     c.lock_vdi("l", &SnapSel::Working, LOCK_TYPE_NORMAL)
         .await
         .unwrap();
-    let mut h = hdr(op::LOCK_VDI);
+    let mut h = ReqHeader::for_op(op::LOCK_VDI);
     h.flags = flags::CMD_WRITE;
     let r = send(&c, h, name_payload("l", "")).await;
     check(&r, op::LOCK_VDI, 1, SdRes::VDI_LOCKED);
@@ -1025,7 +994,7 @@ async fn vdi_attributes() {
         key: "key".into(),
         ..Default::default()
     };
-    let mut h = hdr(op::GET_VDI_ATTR);
+    let mut h = ReqHeader::for_op(op::GET_VDI_ATTR);
     h.flags = flags::CMD_WRITE;
     let r = send(&c, h, attr.encode()).await;
     check(&r, op::GET_VDI_ATTR, 1, SdRes::SUCCESS);
@@ -1080,7 +1049,7 @@ async fn vdi_attributes() {
 
 fn still_serves(s: &SheepLite) {
     let mut t = raw_conn(s);
-    let mut h = hdr(op::GET_NODE_LIST);
+    let mut h = ReqHeader::for_op(op::GET_NODE_LIST);
     h.data_length = 491_520;
     h.id = 77;
     t.write_all(&h.encode()).unwrap();
@@ -1110,7 +1079,7 @@ async fn malformed_input_never_crashes() {
     t.write_all(&vec![0xAB; 20 << 20]).unwrap();
     let (r, _) = raw_reply(&mut t);
     assert_eq!((r.id, r.result()), (5, SdRes::INVALID_PARMS));
-    let mut h = hdr(op::GET_NODE_LIST);
+    let mut h = ReqHeader::for_op(op::GET_NODE_LIST);
     h.data_length = 491_520;
     t.write_all(&h.encode()).unwrap();
     assert_eq!(raw_reply(&mut t).0.result(), SdRes::SUCCESS);
@@ -1407,7 +1376,7 @@ async fn kill9_loses_no_acknowledged_write() {
         assert_eq!(&sha(&b), h, "acknowledged write to {o:016x} at {off} lost");
     }
     // No half-created object: every object is full size and readable.
-    let mut h = hdr(op::GET_OBJ_LIST);
+    let mut h = ReqHeader::for_op(op::GET_OBJ_LIST);
     h.data_length = 1 << 20;
     let r = send(&c, h, vec![]).await;
     for ch in r.data.chunks(8) {
@@ -1450,7 +1419,7 @@ async fn cached_writes_survive_kill9_after_flush_vdi() {
         }
     }
     // FLUSH_VDI answers SUCCESS here (sheep: INVALID_PARMS; intended).
-    let mut h = hdr(op::FLUSH_VDI);
+    let mut h = ReqHeader::for_op(op::FLUSH_VDI);
     h.args = ObjArgs {
         oid: oid::vid_to_vdi_oid(vid),
         ..Default::default()

@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::{pattern, SheepLite};
-use sha2::{Digest, Sha256};
-use sheepfs::client::{Client, CreateOptions, Options, Request, Response, SheepAddr, SnapSel};
+use common::{name_payload, obj_hdr, pattern, send, sha, SheepLite};
+use sheepfs::client::{Client, CreateOptions, Options, Request, SheepAddr, SnapSel};
 use sheepfs::proto::header::{ObjArgs, VdiArgs, VdiRsp};
 use sheepfs::proto::inode;
 use sheepfs::proto::{cluster_flags, flags, oid, op, ReqHeader, SdRes};
@@ -24,30 +23,6 @@ const CRASH_ENV: &str = "SHEEP_LITE_CRASH_AT";
 const FAIL_ENV: &str = "SHEEP_LITE_FAIL_AT";
 
 // ------------------------------------------------------------------ helpers
-
-fn hdr(opcode: u8) -> ReqHeader {
-    ReqHeader::new(if opcode >= 0x80 { 0x0a } else { 0x02 }, opcode)
-}
-
-fn obj_hdr(opcode: u8, oid: u64, offset: u32, len: u32) -> ReqHeader {
-    let mut h = hdr(opcode);
-    h.data_length = len;
-    h.args = ObjArgs {
-        oid,
-        offset,
-        ..Default::default()
-    }
-    .encode();
-    h
-}
-
-async fn send(c: &Client, h: ReqHeader, payload: Vec<u8>) -> Response {
-    let mut r = Request::new(h);
-    if !payload.is_empty() {
-        r = r.with_payload(payload);
-    }
-    c.send(r).await.expect("transport")
-}
 
 fn opts(timeout: Duration, retry: Duration) -> Options {
     Options {
@@ -79,10 +54,6 @@ async fn formatted() -> (SheepLite, Client) {
     let c = client(&s);
     format(&c).await;
     (s, c)
-}
-
-fn sha(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
 }
 
 /// CREATE_AND_WRITE_OBJ (COW from `cow` when non-zero); the result code.
@@ -158,16 +129,9 @@ async fn snap_ctime(c: &Client, vid: u32) -> u64 {
     u64::from_le_bytes(b.try_into().unwrap())
 }
 
-fn name_payload(name: &str, tag: &str) -> Vec<u8> {
-    let mut v = vec![0u8; 512];
-    v[..name.len()].copy_from_slice(name.as_bytes());
-    v[256..256 + tag.len()].copy_from_slice(tag.as_bytes());
-    v
-}
-
 /// GET_VDI_INFO (or LOCK_VDI) of the working VDI `name`: its vid or the result.
 async fn lookup_op(c: &Client, opcode: u8, name: &str) -> Result<u32, SdRes> {
-    let r = send(c, hdr(opcode), name_payload(name, "")).await;
+    let r = send(c, ReqHeader::for_op(opcode), name_payload(name, "")).await;
     match r.result() {
         SdRes::SUCCESS => Ok(VdiRsp::decode(&r.hdr.args).vdi_id),
         e => Err(e),
@@ -506,7 +470,7 @@ async fn map_updates_are_whole_entries_and_reclaim_keeps_mapped_objects() {
     c.create_vdi("o", 1 << 30, &Default::default())
         .await
         .unwrap();
-    let mut h = hdr(op::NEW_VDI);
+    let mut h = ReqHeader::for_op(op::NEW_VDI);
     h.args = VdiArgs {
         vdi_size: 1 << 30,
         base_vdi_id: vid,
@@ -743,7 +707,7 @@ async fn run_op(c: &Client, op_: VdiOp, vid: u32) -> Result<(), String> {
                 .map_err(|e| e.to_string())?
                 .vid;
             assert_ne!(s0, vid);
-            let mut h = hdr(op::NEW_VDI);
+            let mut h = ReqHeader::for_op(op::NEW_VDI);
             h.args = VdiArgs {
                 vdi_size: 1 << 30,
                 base_vdi_id: s0,

@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::{bin, free_port, pattern, Out, SheepLite};
+use common::{free_port, pattern, Out, SheepLite};
 use sha2::Digest;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MB: usize = 1 << 20;
 
@@ -20,50 +19,7 @@ fn sha(b: &[u8]) -> String {
 
 /// Runs sheepctl with exactly `args` (no address added), with a deadline.
 fn ctl_raw(args: &[&str], stdin: &[u8]) -> Out {
-    let mut c = Command::new(bin("sheepctl"))
-        .args(args)
-        .env_remove("SHEEPDOG_DOG_ADDR")
-        .env_remove("SHEEPDOG_DOG_PORT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn sheepctl");
-    let mut si = c.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let w = std::thread::spawn(move || {
-        let _ = si.write_all(&data);
-    });
-    let mut so = c.stdout.take().unwrap();
-    let mut se = c.stderr.take().unwrap();
-    let ro = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let re = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = c.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = c.kill();
-            let _ = c.wait();
-            panic!("sheepctl {args:?} hung");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let _ = w.join();
-    Out {
-        code: status.code().unwrap_or(-1),
-        stdout: ro.join().unwrap(),
-        stderr: String::from_utf8_lossy(&re.join().unwrap()).into_owned(),
-    }
+    common::run_sheepctl(args, stdin, &[], Duration::from_secs(60))
 }
 
 #[track_caller]

@@ -2,7 +2,9 @@
 //! port in a temp dir, killed when dropped.
 #![allow(dead_code)]
 
-use sheepfs::client::{Client, Options, SheepAddr};
+use sheepfs::client::{Client, Options, Request, Response, SheepAddr};
+use sheepfs::proto::header::ObjArgs;
+use sheepfs::proto::ReqHeader;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -158,30 +160,10 @@ impl SheepLite {
     }
 
     pub fn ctl_stdin(&self, args: &[&str], stdin: &[u8]) -> Out {
-        use std::io::Write;
-        let mut c = Command::new(bin("sheepctl"))
-            .args(args)
-            .arg("-a")
-            .arg("127.0.0.1")
-            .arg("-p")
-            .arg(self.port.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sheepctl");
-        let mut si = c.stdin.take().expect("stdin");
-        let data = stdin.to_vec();
-        let w = std::thread::spawn(move || {
-            let _ = si.write_all(&data);
-        });
-        let o = c.wait_with_output().expect("sheepctl output");
-        let _ = w.join();
-        Out {
-            code: o.status.code().unwrap_or(-1),
-            stdout: o.stdout,
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
+        let port = self.port.to_string();
+        let mut all = args.to_vec();
+        all.extend(["-a", "127.0.0.1", "-p", &port]);
+        run_sheepctl(&all, stdin, &[], Duration::from_secs(120))
     }
 }
 
@@ -220,4 +202,90 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// Path to `shared/reference` beside the checkout.
 pub fn reference_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference")
+}
+
+/// A request header for an object operation, as dog builds it.
+pub fn obj_hdr(opcode: u8, oid: u64, offset: u32, len: u32) -> ReqHeader {
+    let mut h = ReqHeader::for_op(opcode);
+    h.data_length = len;
+    h.args = ObjArgs {
+        oid,
+        offset,
+        ..Default::default()
+    }
+    .encode();
+    h
+}
+
+/// The lookup payload: name[256] + tag[256].
+pub fn name_payload(name: &str, tag: &str) -> Vec<u8> {
+    let mut v = vec![0u8; 512];
+    v[..name.len()].copy_from_slice(name.as_bytes());
+    v[256..256 + tag.len()].copy_from_slice(tag.as_bytes());
+    v
+}
+
+/// Sends one raw request (with `payload` if not empty); panics on a transport error.
+pub async fn send(c: &Client, h: ReqHeader, payload: Vec<u8>) -> Response {
+    let mut r = Request::new(h);
+    if !payload.is_empty() {
+        r = r.with_payload(payload);
+    }
+    c.send(r).await.expect("transport")
+}
+
+pub fn sha(b: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(b).into()
+}
+
+/// Runs sheepctl with exactly `args` (dog's address variables removed, `env`
+/// added), feeding it `stdin`; killed and a panic after `limit`.
+pub fn run_sheepctl(args: &[&str], stdin: &[u8], env: &[(&str, &str)], limit: Duration) -> Out {
+    use std::io::{Read, Write};
+    let mut c = Command::new(bin("sheepctl"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("SHEEPDOG_DOG_ADDR")
+        .env_remove("SHEEPDOG_DOG_PORT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sheepctl");
+    let mut si = c.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let w = std::thread::spawn(move || {
+        let _ = si.write_all(&data);
+    });
+    let mut so = c.stdout.take().expect("stdout");
+    let mut se = c.stderr.take().expect("stderr");
+    let ro = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let re = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = c.try_wait().expect("wait for sheepctl") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("sheepctl {args:?} did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = w.join();
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout: ro.join().expect("stdout reader"),
+        stderr: String::from_utf8_lossy(&re.join().expect("stderr reader")).into_owned(),
+    }
 }
