@@ -174,6 +174,35 @@ async fn load_leaf(ctx: &Ctx, m: &mut InodeMap, idx: u32) {
     }
 }
 
+/// dog's allocation of data object `idx` of `vid` (create -P, clone): the
+/// object (CREATE_AND_WRITE, DIRECT) with `data`, then its map entry.
+/// Err when a step failed (already reported).
+async fn alloc_data_obj(
+    ctx: &Ctx,
+    m: &mut InodeMap,
+    vid: u32,
+    idx: u32,
+    data: &[u8],
+    (copies, policy): (u8, u8),
+) -> Result<(), SdRes> {
+    ctx.write_object(
+        oid::vid_to_data_oid(vid, idx),
+        0,
+        data,
+        0,
+        0,
+        copies,
+        policy,
+        true,
+        true,
+    )
+    .await?;
+    load_leaf(ctx, m, idx).await;
+    let w = m.set(idx, vid);
+    node_writes(ctx, &m.header, w).await;
+    write_vid(ctx, m, idx, vid, 0, true).await
+}
+
 /// `sd_inode_write_vid`: persists data_vdi_id[idx] (flat) or the B-tree
 /// root and btree_counter (hyper).
 async fn write_vid(
@@ -594,28 +623,11 @@ async fn vdi_create(ctx: &Ctx, inv: &Invocation) -> R<i32> {
         let total = m.header.vdi_size;
         for idx in 0..max_idx {
             show_progress(idx as u64 * obj, total, false);
-            let h = m.header.clone();
-            if ctx
-                .write_object(
-                    oid::vid_to_data_oid(vid, idx),
-                    0,
-                    &[],
-                    0,
-                    0,
-                    h.nr_copies,
-                    h.copy_policy,
-                    true,
-                    true,
-                )
+            let copies = (m.header.nr_copies, m.header.copy_policy);
+            if alloc_data_obj(ctx, &mut m, vid, idx, &[], copies)
                 .await
                 .is_err()
             {
-                return Ok(EXIT_FAILURE);
-            }
-            load_leaf(ctx, &mut m, idx).await;
-            let w = m.set(idx, vid);
-            node_writes(ctx, &h, w).await;
-            if write_vid(ctx, &m, idx, vid, 0, true).await.is_err() {
                 return Ok(EXIT_FAILURE);
             }
         }
@@ -802,8 +814,7 @@ async fn vdi_clone(ctx: &Ctx, inv: &Invocation) -> R<i32> {
         let obj = 1u64 << (h.block_size_shift & 31);
         let max_idx = h.nr_objs() as u32;
         let mut buf: Vec<u8> = Vec::new();
-        let mut idx = 0u32;
-        while idx < max_idx {
+        for idx in 0..max_idx {
             show_progress(idx as u64 * obj, h.vdi_size, false);
             load_leaf(ctx, &mut src_map, idx).await;
             let vdi_id = src_map.get(idx);
@@ -817,38 +828,19 @@ async fn vdi_clone(ctx: &Ctx, inv: &Invocation) -> R<i32> {
                 }
                 obj as usize
             } else if d.no_share && !d.prealloc {
-                idx += 1;
                 continue;
             } else {
                 0
             };
-            if ctx
-                .write_object(
-                    oid::vid_to_data_oid(new_vid, idx),
-                    0,
-                    &buf[..size.min(buf.len())],
-                    0,
-                    0,
-                    h.nr_copies,
-                    h.copy_policy,
-                    true,
-                    true,
-                )
+            // The data is written with the source's redundancy, as dog does.
+            let data = &buf[..size.min(buf.len())];
+            let copies = (h.nr_copies, h.copy_policy);
+            if alloc_data_obj(ctx, &mut new_map, new_vid, idx, data, copies)
                 .await
                 .is_err()
             {
                 return Ok(EXIT_FAILURE);
             }
-            load_leaf(ctx, &mut new_map, idx).await;
-            let w = new_map.set(idx, new_vid);
-            node_writes(ctx, &new_map.header.clone(), w).await;
-            if write_vid(ctx, &new_map, idx, new_vid, 0, true)
-                .await
-                .is_err()
-            {
-                return Ok(EXIT_FAILURE);
-            }
-            idx += 1;
         }
         show_progress(max_idx as u64 * obj, h.vdi_size, false);
     }
