@@ -203,7 +203,7 @@ fn run(args: &Args, addr: SheepAddr, mnt: PathBuf, ready: &mut daemon::Ready) ->
         threads: args.fuse_threads as usize,
         allow_other: args.allow_other,
     };
-    let (mut session, _inflight) = fs::mount(core, rt.handle().clone(), &mnt, mcfg)
+    let mut session = fs::mount(core, rt.handle().clone(), &mnt, mcfg)
         .with_context(|| format!("cannot mount at {}", mnt.display()))?;
     let unmounter = session.unmount_callable();
     rt.spawn(on_signals(unmounter, mnt.clone()));

@@ -1,6 +1,6 @@
 //! The client layer's error type.
 
-use crate::proto::{inode::BtreeError, op, SdRes};
+use crate::proto::{inode::BtreeError, SdRes};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -88,14 +88,6 @@ impl Error {
             Error::OutOfRange { .. } => libc::ENOSPC,
             Error::Timeout { .. } | Error::Connect { .. } | Error::Io { .. } => libc::EIO,
             Error::Protocol { .. } | Error::Btree { .. } | Error::Closed => libc::EIO,
-        }
-    }
-
-    /// Opcode name for logs, when known.
-    pub fn op_name(&self) -> Option<&'static str> {
-        match self {
-            Error::Sheep { op: o, .. } => Some(op::name(*o)),
-            _ => None,
         }
     }
 }

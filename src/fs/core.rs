@@ -188,14 +188,6 @@ impl FsCore {
         }
     }
 
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    pub fn options(&self) -> &FsOptions {
-        &self.opts
-    }
-
     pub fn set_fuse_params(&self, p: FuseParams) {
         *self.fuse.write() = p;
     }

@@ -64,10 +64,6 @@ impl FsError {
         self.level
     }
 
-    pub fn source_error(&self) -> Option<&client::Error> {
-        self.source.as_ref()
-    }
-
     /// Emits the error as a tracing event at its own level (inside the
     /// caller's span, which names the request).
     pub fn log(&self) {

@@ -174,10 +174,6 @@ impl FuseAdapter {
         }
     }
 
-    pub fn inflight(&self) -> Arc<Inflight> {
-        self.inflight.clone()
-    }
-
     /// Runs a request: polled once right here on the FUSE thread, so that
     /// requests needing no I/O (holes, state and control files) complete
     /// without a thread hop and network I/O is on its way before a runtime
@@ -209,7 +205,7 @@ pub fn mount(
     rt: tokio::runtime::Handle,
     mountpoint: &Path,
     cfg: MountConfig,
-) -> std::io::Result<(Session<FuseAdapter>, Arc<Inflight>)> {
+) -> std::io::Result<Session<FuseAdapter>> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("sheepfs".into()),
@@ -226,10 +222,9 @@ pub fn mount(
     // One /dev/fuse fd per thread: the kernel spreads requests over them.
     config.clone_fd = true;
     let adapter = FuseAdapter::new(core.clone(), rt, cfg);
-    let inflight = adapter.inflight();
     let session = Session::new(adapter, mountpoint, &config)?;
     core.set_invalidator(Arc::new(KernelInvalidator(session.notifier())));
-    Ok((session, inflight))
+    Ok(session)
 }
 
 /// Capabilities we ask for beyond fuser's defaults (ASYNC_READ, BIG_WRITES,
