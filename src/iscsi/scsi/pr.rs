@@ -34,10 +34,8 @@ pub struct Reservations {
     /// SPC-2 RESERVE holder (initiator port).
     spc2: Option<String>,
     generation: u32,
-    /// (I_T nexus id, key) in registration order.
-    regs: Vec<(String, u64)>,
-    /// Relative target port of each registered nexus (READ FULL STATUS).
-    rels: std::collections::HashMap<String, u16>,
+    /// (I_T nexus id, key, relative target port) in registration order.
+    regs: Vec<(String, u64, u16)>,
     res: Option<PrRes>,
 }
 
@@ -74,7 +72,10 @@ pub type Attentions = Vec<(String, (u8, u8))>;
 
 impl Reservations {
     fn key_of(&self, port: &str) -> Option<u64> {
-        self.regs.iter().find(|(p, _)| p == port).map(|(_, k)| *k)
+        self.regs
+            .iter()
+            .find(|(p, _, _)| p == port)
+            .map(|(_, k, _)| *k)
     }
 
     fn is_holder(&self, port: &str) -> bool {
@@ -152,7 +153,7 @@ impl Reservations {
         match sa {
             0 => {
                 out.extend_from_slice(&((self.regs.len() * 8) as u32).to_be_bytes());
-                for (_, k) in &self.regs {
+                for (_, k, _) in &self.regs {
                     out.extend_from_slice(&k.to_be_bytes());
                 }
             }
@@ -177,7 +178,7 @@ impl Reservations {
             }
             3 => {
                 let mut body = Vec::new();
-                for (port, key) in &self.regs {
+                for (port, key, rel) in &self.regs {
                     let mut d = vec![0u8; 24];
                     d[..8].copy_from_slice(&key.to_be_bytes());
                     if self.is_holder(port) {
@@ -186,7 +187,6 @@ impl Reservations {
                             d[13] = r.rtype & 0x0f;
                         }
                     }
-                    let rel = self.rels.get(port).copied().unwrap_or(1);
                     d[18..20].copy_from_slice(&rel.to_be_bytes());
                     // The nexus id is "initiator port|target port".
                     let tid = transport_id(port.split('|').next().unwrap_or(port));
@@ -259,8 +259,7 @@ impl Reservations {
                 match (mine, sakey) {
                     (None, 0) => {}
                     (None, k) => {
-                        self.regs.push((me.to_string(), k));
-                        self.rels.insert(me.to_string(), nexus.rel_port);
+                        self.regs.push((me.to_string(), k, nexus.rel_port));
                         self.generation = self.generation.wrapping_add(1);
                     }
                     (Some(_), 0) => {
@@ -268,7 +267,7 @@ impl Reservations {
                         self.generation = self.generation.wrapping_add(1);
                     }
                     (Some(_), k) => {
-                        if let Some(r) = self.regs.iter_mut().find(|(p, _)| p == me) {
+                        if let Some(r) = self.regs.iter_mut().find(|(p, _, _)| p == me) {
                             r.1 = k;
                         }
                         self.generation = self.generation.wrapping_add(1);
@@ -304,7 +303,7 @@ impl Reservations {
                         }
                         self.res = None;
                         if registrants_only(r.rtype) || all_registrants(r.rtype) {
-                            for (p, _) in &self.regs {
+                            for (p, _, _) in &self.regs {
                                 if p != me {
                                     ua.push((p.clone(), asc::RESERVATIONS_RELEASED));
                                 }
@@ -317,7 +316,7 @@ impl Reservations {
                 if mine != Some(rkey) {
                     return Err(PrError::Conflict);
                 }
-                for (p, _) in &self.regs {
+                for (p, _, _) in &self.regs {
                     if p != me {
                         ua.push((p.clone(), asc::RESERVATIONS_PREEMPTED));
                     }
@@ -339,8 +338,7 @@ impl Reservations {
     }
 
     fn unregister(&mut self, port: &str, ua: &mut Attentions) {
-        self.regs.retain(|(p, _)| p != port);
-        self.rels.remove(port);
+        self.regs.retain(|(p, _, _)| p != port);
         if let Some(r) = self.res.clone() {
             let drop_res = if all_registrants(r.rtype) {
                 self.regs.is_empty()
@@ -350,7 +348,7 @@ impl Reservations {
             if drop_res {
                 self.res = None;
                 if registrants_only(r.rtype) {
-                    for (p, _) in &self.regs {
+                    for (p, _, _) in &self.regs {
                         ua.push((p.clone(), asc::RESERVATIONS_RELEASED));
                     }
                 }
@@ -368,7 +366,7 @@ impl Reservations {
     ) -> Result<(), PrError> {
         let remove_matching = |s: &mut Self, ua: &mut Attentions, key: u64, keep: &str| -> usize {
             let mut n = 0;
-            s.regs.retain(|(p, k)| {
+            s.regs.retain(|(p, k, _)| {
                 if *k == key && p != keep {
                     ua.push((p.clone(), asc::REGISTRATIONS_PREEMPTED));
                     n += 1;
@@ -396,13 +394,13 @@ impl Reservations {
                     let others: Vec<String> = self
                         .regs
                         .iter()
-                        .filter(|(p, _)| p != me)
-                        .map(|(p, _)| p.clone())
+                        .filter(|(p, _, _)| p != me)
+                        .map(|(p, _, _)| p.clone())
                         .collect();
                     for p in others {
                         ua.push((p, asc::REGISTRATIONS_PREEMPTED));
                     }
-                    self.regs.retain(|(p, _)| p == me);
+                    self.regs.retain(|(p, _, _)| p == me);
                     self.res = Some(PrRes {
                         holder: me.to_string(),
                         rtype,
@@ -423,7 +421,7 @@ impl Reservations {
                         rtype,
                     });
                     if r.rtype != rtype {
-                        for (p, _) in &self.regs {
+                        for (p, _, _) in &self.regs {
                             if p != me {
                                 ua.push((p.clone(), asc::RESERVATIONS_RELEASED));
                             }
