@@ -274,28 +274,28 @@ async fn full_feature(
         }
         tokio::select! {
             r = in_rx.recv() => match r {
-                Some(Ok(p)) => {
-                    c.last_rx = Instant::now();
-                    if let Err(e) = c.handle(p).await {
-                        break e;
-                    }
-                    // Whatever else has arrived, without another wake-up.
+                Some(first) => {
+                    // This one and whatever else has arrived, without another wake-up.
+                    let mut next = Some(first);
                     let mut end = None;
-                    while let Ok(r) = in_rx.try_recv() {
+                    while let Some(r) = next.take() {
                         let res = match r {
-                            Ok(p) => c.handle(p).await,
+                            Ok(p) => {
+                                c.last_rx = Instant::now();
+                                c.handle(p).await
+                            }
                             Err(e) => Err(c.read_error(e).await),
                         };
                         if let Err(e) = res {
                             end = Some(e);
                             break;
                         }
+                        next = in_rx.try_recv().ok();
                     }
                     if let Some(e) = end {
                         break e;
                     }
                 }
-                Some(Err(e)) => break c.read_error(e).await,
                 None => break End::Closed,
             },
             Some(()) = running.next(), if !running.is_empty() => {}
