@@ -39,6 +39,8 @@ struct Handle {
 
 pub struct Store {
     dir: PathBuf,
+    /// The directory, open once: every create and remove syncs it.
+    dir_file: File,
     fds: Mutex<LruCache<u64, Handle>>,
     locks: Box<[RwLock<()>]>,
     /// Objects written with CMD_CACHE and not yet synced, by vid.
@@ -107,6 +109,7 @@ impl Store {
         let cap = NonZeroUsize::new(fd_cache.max(16)).unwrap_or(NonZeroUsize::MIN);
         Ok(Store {
             dir: dir.to_path_buf(),
+            dir_file: File::open(dir)?,
             fds: Mutex::new(LruCache::new(cap)),
             locks: (0..STRIPES).map(|_| RwLock::new(())).collect(),
             dirty: Mutex::new(HashMap::new()),
@@ -357,7 +360,7 @@ impl Store {
     }
 
     fn sync_dir(&self) -> io::Result<()> {
-        File::open(&self.dir)?.sync_all()
+        self.dir_file.sync_all()
     }
 
     /// Makes every cached write of `vid` durable (FLUSH_VDI).
