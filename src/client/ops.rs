@@ -482,31 +482,38 @@ impl Client {
     /// does for data commands; otherwise header + only the used part of the map.
     pub async fn read_inode(&self, vid: u32, whole: bool) -> Result<Inode> {
         let ioid = oid::vid_to_vdi_oid(vid);
-        let (header, area) = if whole {
-            let b = self
-                .read_obj(ioid, 0, inode::SD_INODE_SIZE as u32, flags::CMD_DIRECT)
-                .await?;
-            let h = self.decode_header(vid, &b)?;
-            let a = b[inode::DATA_VDI_ID_OFFSET..inode::GREF_OFFSET].to_vec();
-            (h, a)
-        } else {
+        if !whole {
             let b = self
                 .read_obj(ioid, 0, inode::INODE_LIST_READ as u32, flags::CMD_DIRECT)
                 .await?;
-            let h = self.decode_header(vid, &b)?;
-            let len = self.map_read_len(&h, &b[inode::DATA_VDI_ID_OFFSET..])?;
-            let a = self
-                .read_obj(
-                    ioid,
-                    inode::DATA_VDI_ID_OFFSET as u32,
-                    len,
-                    flags::CMD_DIRECT,
-                )
-                .await?;
-            (h, a)
-        };
-        let map = self.parse_map(&header, &area).await?;
+            let header = self.decode_header(vid, &b)?;
+            let map = self.read_map(ioid, &header, &b).await?;
+            return Ok(Inode { header, map });
+        }
+        // read_obj returned exactly SD_INODE_SIZE bytes.
+        let b = self
+            .read_obj(ioid, 0, inode::SD_INODE_SIZE as u32, flags::CMD_DIRECT)
+            .await?;
+        let header = self.decode_header(vid, &b)?;
+        let map = self
+            .parse_map(&header, &b[inode::DATA_VDI_ID_OFFSET..inode::GREF_OFFSET])
+            .await?;
         Ok(Inode { header, map })
+    }
+
+    /// The map of an inode whose first INODE_LIST_READ bytes are `head`: as
+    /// dog does, reads just the part the header says is used, then parses it.
+    async fn read_map(&self, ioid: u64, h: &InodeHeader, head: &[u8]) -> Result<DataMap> {
+        let len = self.map_read_len(h, &head[inode::DATA_VDI_ID_OFFSET..])?;
+        let area = self
+            .read_obj(
+                ioid,
+                inode::DATA_VDI_ID_OFFSET as u32,
+                len,
+                flags::CMD_DIRECT,
+            )
+            .await?;
+        self.parse_map(h, &area).await
     }
 
     /// dog's `sd_inode_get_meta_size`: the bytes of the map worth reading.
@@ -596,16 +603,7 @@ impl Client {
             }
             let (mut used, mut shared) = (0, 0);
             if with_map {
-                let len = self.map_read_len(&header, &b[inode::DATA_VDI_ID_OFFSET..])?;
-                let area = self
-                    .read_obj(
-                        ioid,
-                        inode::DATA_VDI_ID_OFFSET as u32,
-                        len,
-                        flags::CMD_DIRECT,
-                    )
-                    .await?;
-                let map = self.parse_map(&header, &area).await?;
+                let map = self.read_map(ioid, &header, &b).await?;
                 for (_, v) in map.allocated() {
                     if v == header.vdi_id {
                         used += 1;
