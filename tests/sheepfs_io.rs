@@ -523,6 +523,12 @@ fn page_cache_write_through_and_drop() {
     // neither hit nor fill it any more.
     m.write_ctl("config/page_cache", b"0\n").unwrap();
     assert_eq!(m.read_string("config/page_cache"), "0\n");
+    // config/fuse says how volume files open now, not at mount time.
+    let fuse = m.read_string("config/fuse");
+    assert!(
+        fuse.contains("volume_direct_io: 1\nvolume_keep_cache: 0\n"),
+        "{fuse}"
+    );
     let counts = |m: &Mount| {
         let st = m.stats("vol");
         (st["cache_hits"].clone(), st["cache_misses"].clone())

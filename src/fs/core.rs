@@ -275,7 +275,7 @@ impl FsCore {
             (StateFile::NodeList, true) => dogfmt::node_list_json(c).await,
             (StateFile::NodeInfo, false) => dogfmt::node_info(c, false).await,
             (StateFile::NodeInfo, true) => dogfmt::node_info_json(c).await,
-            (StateFile::Fuse, _) => Ok(self.fuse.read().render()),
+            (StateFile::Fuse, _) => Ok(self.fuse.read().render(self.page_cache())),
         };
         r.map(String::into_bytes)
             .map_err(|e| FsError::client("cannot produce it", e))

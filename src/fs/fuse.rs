@@ -274,7 +274,6 @@ impl Filesystem for FuseAdapter {
         }
         enabled &= caps;
         let v = kc.kernel_abi();
-        let page_cache = self.core.page_cache();
         let p = FuseParams {
             kernel_abi: format!("{}.{}", v.0, v.1),
             max_write,
@@ -285,8 +284,6 @@ impl Filesystem for FuseAdapter {
             clone_fd: true,
             enabled: cap_names(enabled),
             unsupported: cap_names(unsupported),
-            direct_io: !page_cache,
-            keep_cache: page_cache,
             parallel_direct_writes: true,
         };
         tracing::info!(

@@ -74,13 +74,13 @@ pub struct FuseParams {
     pub enabled: Vec<String>,
     /// Capabilities we wanted that the kernel lacks.
     pub unsupported: Vec<String>,
-    pub direct_io: bool,
-    pub keep_cache: bool,
     pub parallel_direct_writes: bool,
 }
 
 impl FuseParams {
-    pub fn render(&self) -> String {
+    /// `page_cache`: the current config/page_cache, which decides how volume
+    /// files are opened from now on.
+    pub fn render(&self, page_cache: bool) -> String {
         let mut o = String::new();
         let _ = writeln!(o, "kernel_abi: {}", self.kernel_abi);
         let _ = writeln!(o, "max_write: {}", self.max_write);
@@ -91,8 +91,8 @@ impl FuseParams {
         let _ = writeln!(o, "clone_fd: {}", self.clone_fd as u8);
         let _ = writeln!(o, "capabilities: {}", self.enabled.join(" "));
         let _ = writeln!(o, "unsupported: {}", self.unsupported.join(" "));
-        let _ = writeln!(o, "volume_direct_io: {}", self.direct_io as u8);
-        let _ = writeln!(o, "volume_keep_cache: {}", self.keep_cache as u8);
+        let _ = writeln!(o, "volume_direct_io: {}", !page_cache as u8);
+        let _ = writeln!(o, "volume_keep_cache: {}", page_cache as u8);
         let _ = writeln!(
             o,
             "volume_parallel_direct_writes: {}",
