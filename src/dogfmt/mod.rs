@@ -717,16 +717,21 @@ fn use_ratio(size: u64, free: u64) -> i32 {
     c_double_to_int((size.wrapping_sub(free) as f64 / size as f64) * 100.0)
 }
 
+/// [`use_ratio`] with 0% for an empty disk, as dog checks before dividing.
+fn use_ratio_or_zero(size: u64, free: u64) -> i32 {
+    if size == 0 {
+        0
+    } else {
+        use_ratio(size, free)
+    }
+}
+
 /// `Id\tSize\tUsed\tAvail\tUse%` (not printed in raw mode).
 pub const NODE_INFO_HEADER: &str = "Id\tSize\tUsed\tAvail\tUse%\n";
 
 /// One per-node row of `node info`; `i` counts answering nodes only.
 pub fn node_info_row(i: usize, s: NodeSpace, raw: bool) -> String {
-    let ratio = if s.size == 0 {
-        0
-    } else {
-        use_ratio(s.size, s.free)
-    };
+    let ratio = use_ratio_or_zero(s.size, s.free);
     let used = s.size.wrapping_sub(s.free);
     if raw {
         format!(
@@ -883,11 +888,7 @@ pub fn render_node_info_json(info: &NodeInfo) -> String {
                 size: s.size,
                 used: s.size.wrapping_sub(s.free),
                 avail: s.free,
-                use_percent: if s.size == 0 {
-                    0
-                } else {
-                    use_ratio(s.size, s.free)
-                },
+                use_percent: use_ratio_or_zero(s.size, s.free),
             });
             tsize = tsize.wrapping_add(s.size);
             tfree = tfree.wrapping_add(s.free);
@@ -899,11 +900,7 @@ pub fn render_node_info_json(info: &NodeInfo) -> String {
             size: tsize,
             used: tsize.wrapping_sub(tfree),
             avail: tfree,
-            use_percent: if tsize == 0 {
-                0
-            } else {
-                use_ratio(tsize, tfree)
-            },
+            use_percent: use_ratio_or_zero(tsize, tfree),
         },
         total_vdi_size: info.total_vdi_size,
     };
