@@ -209,7 +209,16 @@ fn run(args: &Args, addr: SheepAddr, mnt: PathBuf, ready: &mut daemon::Ready) ->
     rt.spawn(on_signals(unmounter, mnt.clone()));
     info!(mountpoint = %mnt.display(), sheep = %addr, "mounted");
     ready.success();
-    let r = session.run();
+    let r = match session.run() {
+        // The kernel ends the connection with ENODEV (fuser's clean end) or,
+        // when the last user of a lazily detached mount goes, sometimes
+        // ECONNABORTED: the same end of the session (destroy has run).
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            info!("FUSE connection closed by the kernel");
+            Ok(())
+        }
+        r => r,
+    };
     info!(mountpoint = %mnt.display(), "unmounted");
     rt.shutdown_timeout(Duration::from_secs(5));
     r.context("FUSE session failed")
