@@ -692,7 +692,10 @@ impl Sheep {
         if !st.formatted || st.epoch == 0 {
             return Reply::res(result);
         }
-        let n = ClusterArgs::decode(&h.args).nodes_nr as u64;
+        // An epoch has at most SD_MAX_NODES nodes: the reply (and what it
+        // allocates) stays bounded whatever nodes_nr a client sends.
+        let n =
+            (ClusterArgs::decode(&h.args).nodes_nr as u64).min(crate::proto::SD_MAX_NODES as u64);
         let stride = 48 + 80 * n;
         if (h.data_length as u64) < stride {
             return Reply::res(result);
