@@ -1,5 +1,5 @@
 //! Golden replay: the byte-exact captures of real dog, sheepfs and tgt talking
-//! to a real sheep (shared/reference/captures) are replayed against a fresh
+//! to a real sheep (tests/data, copied from the reference captures) are replayed against a fresh
 //! sheep-lite, and every reply (header and payload) is compared with the
 //! recorded one.
 //!
@@ -14,7 +14,7 @@
 mod common;
 
 use base64::Engine;
-use common::{reference_dir, SheepLite};
+use common::{captures_dir, SheepLite};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -30,7 +30,7 @@ struct Rec {
 }
 
 fn load(file: &str) -> Vec<Rec> {
-    let path = reference_dir().join("captures").join(file);
+    let path = captures_dir().join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .map(|line| {

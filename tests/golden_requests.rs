@@ -58,7 +58,7 @@ struct Exchange {
 }
 
 fn load(file: &str) -> Vec<Rec> {
-    let p = common::reference_dir().join("captures").join(file);
+    let p = common::captures_dir().join(file);
     let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     text.lines()
         .map(|l| {
@@ -98,7 +98,7 @@ fn exchanges(recs: &[Rec], step: &str) -> Vec<Exchange> {
 }
 
 fn steps() -> Vec<serde_json::Value> {
-    let p = common::reference_dir().join("captures/steps.jsonl");
+    let p = common::captures_dir().join("steps.jsonl");
     std::fs::read_to_string(p)
         .expect("steps.jsonl")
         .lines()

@@ -199,9 +199,10 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Path to `shared/reference` beside the checkout.
-pub fn reference_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference")
+/// The recordings of real dog, sheepfs and tgt the golden tests replay
+/// (`tests/data`, see its README).
+pub fn captures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
 /// A request header for an object operation, as dog builds it.

@@ -1114,6 +1114,3 @@ pub fn tally(r: &[(String, Outcome)]) -> (usize, usize, usize) {
     (c(Outcome::Pass), c(Outcome::Fail), c(Outcome::Skip))
 }
 
-pub fn reference_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference")
-}
