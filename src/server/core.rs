@@ -15,7 +15,7 @@ use crate::proto::{
     attr::SD_ATTR_OBJ_SIZE, cluster_status, flags, oid, op, ReqHeader, SdRes, SD_PROTO_VER,
     SD_SHEEP_PROTO_VER, VDI_BITMAP_SIZE,
 };
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockWriteGuard};
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -277,15 +277,25 @@ impl Sheep {
     /// `vdi_lock` for writing (commits are serialised); `f` must be
     /// deterministic, as it runs twice.
     pub(crate) fn commit(&self, f: impl Fn(&mut State)) -> OpResult<()> {
+        // The journal lock orders commits: each record is the change of one
+        // `f` over the state the previous commits left.
+        let mut journal = self.state_file.lock();
         let mut next = self.state.read().clone();
         f(&mut next);
-        self.state_file
-            .save(&next)
-            .map_err(|e| io_res(&e, "save state", self.state_file.path()))?;
+        let recorded = journal.record(&self.state.read(), &next);
+        recorded.map_err(|e| io_res(&e, "save state", self.state_file.path()))?;
         let mut st = self.state.write();
         f(&mut st);
         self.max_payload
             .store(payload_limit(&st), Ordering::Relaxed);
+        let st = RwLockWriteGuard::downgrade(st);
+        if journal.snapshot_due(st.vdis.len()) {
+            // The journal stays valid if this fails: the next commit retries.
+            if let Err(e) = journal.snapshot(&st) {
+                tracing::warn!(path = %self.state_file.path().display(), error = %e,
+                    "cannot write the state snapshot; the journal keeps growing");
+            }
+        }
         Ok(())
     }
 
