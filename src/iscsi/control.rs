@@ -177,13 +177,15 @@ pub async fn call(path: &Path, req: &Request, timeout: Duration) -> Result<Reply
         };
         let mut line = serde_json::to_vec(req).map_err(|e| (libc::EINVAL, e.to_string()))?;
         line.push(b'\n');
-        s.write_all(&line)
-            .await
-            .map_err(|e| fail("failed to send the request", e))?;
+        // A refusal may come (and the socket close) before the request is
+        // read: the answer is worth more than the write error.
+        let sent = s.write_all(&line).await;
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf)
-            .await
-            .map_err(|e| fail("can't get the response", e))?;
+        let got = s.read_to_end(&mut buf).await;
+        if buf.is_empty() {
+            sent.map_err(|e| fail("failed to send the request", e))?;
+            got.map_err(|e| fail("can't get the response", e))?;
+        }
         if buf.is_empty() {
             return Err((libc::EPIPE, "sheep-iscsi closed the socket".to_string()));
         }
