@@ -38,6 +38,31 @@ fn login(t: &TargetProc, target: &str) -> Initiator {
     Initiator::connect(&t.addr(), &LoginOpts::normal(target)).expect("login")
 }
 
+/// sheep-iscsi-adm with the arguments of a command line (split at spaces).
+fn adm_line(t: &TargetProc, line: &str) -> (i32, String, String) {
+    t.adm(&line.split_whitespace().collect::<Vec<_>>())
+}
+
+/// Like adm_line; the command must succeed. Its output.
+fn ok(t: &TargetProc, line: &str) -> String {
+    t.adm_ok(&line.split_whitespace().collect::<Vec<_>>())
+}
+
+fn add_target(t: &TargetProc, tid: &str, name: &str) {
+    ok(
+        t,
+        &format!("--op new --mode target --tid {tid} --targetname {name}"),
+    );
+}
+
+fn add_lun(t: &TargetProc, tid: &str, lun: &str, backing: &str) {
+    let bs = format!("--bstype sheepdog --backing-store {backing}");
+    ok(
+        t,
+        &format!("--op new --mode lu --tid {tid} --lun {lun} {bs}"),
+    );
+}
+
 fn locks(s: &SheepLite) -> String {
     s.ctl(&["vdi", "lock", "list"]).text()
 }
@@ -52,7 +77,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn show_json(t: &TargetProc) -> serde_json::Value {
-    let out = t.adm_ok(&["--op", "show", "--mode", "target", "--json"]);
+    let out = ok(t, "--op show --mode target --json");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("show --json: {e}\n{out}"))
 }
 
@@ -91,35 +116,14 @@ fn readme_sheepdog_sequence_on_an_empty_target() {
 
     // tgt's README.sheepdog, with tgtadm replaced by sheep-iscsi-adm.
     let bs = unix_backing(&s, "tgt0");
-    t.adm_ok(&[
-        "--op",
-        "new",
-        "--mode",
-        "target",
-        "--tid",
-        "1",
-        "--lld",
-        "iscsi",
-        "--targetname",
-        README_T,
-    ]);
-    t.adm_ok(&[
-        "--op",
-        "new",
-        "--mode",
-        "lu",
-        "--tid",
-        "1",
-        "--lun",
-        "2",
-        "--bstype",
-        "sheepdog",
-        "--backing-store",
-        &bs,
-    ]);
-    t.adm_ok(&[
-        "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-    ]);
+    for line in [
+        format!("--op new --mode target --tid 1 --lld iscsi --targetname {README_T}"),
+        format!("--op new --mode lu --tid 1 --lun 2 --bstype sheepdog --backing-store {bs}"),
+        "--lld iscsi --op bind --mode target --tid 1 -I ALL".to_string(),
+    ] {
+        let (code, _, err) = adm_line(&t, &line);
+        assert_eq!(code, 0, "{line}: {err}");
+    }
 
     let (code, out, err) = tool("iscsi-ls", &["-s", &format!("iscsi://{}", t.addr())]);
     assert_eq!(code, 0, "iscsi-ls: {err}");
@@ -154,66 +158,56 @@ fn readme_sheepdog_sequence_on_an_empty_target() {
     assert_eq!(sha(&o.stdout), sha(&data));
 
     // tgtadm's errors and exit codes for what scripts check.
-    let (code, _, err) = t.adm(&[
-        "--op",
-        "new",
-        "--mode",
-        "target",
-        "--tid",
-        "1",
-        "--targetname",
-        T,
-    ]);
-    assert_eq!(code, 22);
-    assert!(err.contains("this target already exists"), "{err}");
-    let (code, _, err) = t.adm(&[
-        "--op",
-        "new",
-        "--mode",
-        "lu",
-        "--tid",
-        "1",
-        "--lun",
-        "2",
-        "--backing-store",
-        &bs,
-    ]);
-    assert_eq!(code, 22);
-    assert!(
-        err.contains("this logical unit number already exists"),
-        "{err}"
-    );
-    let (code, _, err) = t.adm(&["--op", "delete", "--mode", "target", "--tid", "9"]);
-    assert_eq!(code, 22);
-    assert!(err.contains("can't find the target"), "{err}");
-    let (code, _, err) = t.adm(&[
-        "--op",
-        "new",
-        "--mode",
-        "lu",
-        "--tid",
-        "1",
-        "--lun",
-        "3",
-        "--bstype",
-        "rdwr",
-        "--backing-store",
-        "/tmp/x",
-    ]);
-    assert_eq!(code, 22);
-    assert!(err.contains("invalid request"), "{err}");
-    let (code, _, err) = t.adm(&["--op", "new", "--mode", "target", "--tid", "2"]);
-    assert_eq!(code, 22);
-    assert!(err.contains("creating new target requires a name"), "{err}");
-    let (code, _, err) = t.adm(&["--op", "show", "--mode", "bogus"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("unknown mode: bogus"), "{err}");
-    let (code, _, err) = t.adm(&["--op", "delete", "--mode", "lu", "--tid", "1", "--lun", "2"]);
-    assert_eq!(code, 22);
-    assert!(err.contains("this logical unit is still active"), "{err}");
-    let (code, _, err) = t.adm(&["--op", "delete", "--mode", "target", "--tid", "1"]);
-    assert_eq!(code, 22);
-    assert!(err.contains("this target is still active"), "{err}");
+    for (line, code, msg) in [
+        (
+            format!("--op new --mode target --tid 1 --targetname {T}"),
+            22,
+            "this target already exists",
+        ),
+        (
+            format!("--op new --mode lu --tid 1 --lun 2 --backing-store {bs}"),
+            22,
+            "this logical unit number already exists",
+        ),
+        (
+            "--op delete --mode target --tid 9".into(),
+            22,
+            "can't find the target",
+        ),
+        (
+            "--op new --mode lu --tid 1 --lun 3 --bstype rdwr --backing-store /tmp/x".into(),
+            22,
+            "invalid request",
+        ),
+        (
+            "--op new --mode target --tid 2".into(),
+            22,
+            "creating new target requires a name",
+        ),
+        (
+            "--op new --mode target --tid 2 --targetname x --lun 1".into(),
+            22,
+            "target mode: option '-l' is not allowed/supported",
+        ),
+        ("--op show --mode bogus".into(), 1, "unknown mode: bogus"),
+        (
+            "--op delete --mode lu --tid 1 --lun 2".into(),
+            22,
+            "this logical unit is still active",
+        ),
+        (
+            "--op delete --mode target --tid 1".into(),
+            22,
+            "this target is still active",
+        ),
+    ] {
+        let (c, _, err) = adm_line(&t, &line);
+        assert_eq!(c, code, "{line}: {err}");
+        assert!(
+            err.starts_with(&format!("sheep-iscsi-adm: {msg}")),
+            "{line}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -262,20 +256,7 @@ fn lun_added_and_removed_under_running_io() {
         luns_of(&t, T) == vec![1]
             && show_json(&t)["targets"][0]["luns"][0]["stats"]["commands"].as_u64() > Some(4)
     });
-    t.adm_ok(&[
-        "--op",
-        "new",
-        "--mode",
-        "logicalunit",
-        "--tid",
-        "1",
-        "--lun",
-        "2",
-        "--bstype",
-        "sheepdog",
-        "--backing-store",
-        &unix_backing(&s, "b"),
-    ]);
+    add_lun(&t, "1", "2", &unix_backing(&s, "b"));
     // A new login sees it at once.
     let (code, out, err) = tool("iscsi-ls", &["-s", &format!("iscsi://{}", t.addr())]);
     assert_eq!(code, 0, "{err}");
@@ -283,29 +264,10 @@ fn lun_added_and_removed_under_running_io() {
         out.contains("Lun:2    Type:DIRECT_ACCESS (Size:31M)"),
         "{out}"
     );
-    let (code, _, err) = t.adm(&[
-        "--op",
-        "delete",
-        "--mode",
-        "logicalunit",
-        "--tid",
-        "1",
-        "--lun",
-        "2",
-    ]);
+    let (code, _, err) = adm_line(&t, "--op delete --mode logicalunit --tid 1 --lun 2");
     assert_eq!(code, 22, "in use, must be refused");
     assert!(err.contains("this logical unit is still active"), "{err}");
-    t.adm_ok(&[
-        "--op",
-        "delete",
-        "--mode",
-        "logicalunit",
-        "--tid",
-        "1",
-        "--lun",
-        "2",
-        "--force",
-    ]);
+    ok(&t, "--op delete --mode logicalunit --tid 1 --lun 2 --force");
     assert_eq!(luns_of(&t, T), vec![1]);
     stop.store(true, Ordering::Relaxed);
     let (ops, uas, errors, mut i) = io.join().expect("I/O thread");
@@ -325,34 +287,14 @@ fn forced_lun_delete_fails_commands_and_releases_the_lock() {
     s.ctl(&["cluster", "format", "-l"]).assert_ok();
     s.ctl(&["vdi", "create", "vol", "64M"]).assert_ok();
     let t = TargetProc::start(&[]);
-    t.adm_ok(&[
-        "--op",
-        "new",
-        "--mode",
-        "target",
-        "--tid",
-        "3",
-        "--targetname",
-        T,
-    ]);
-    t.adm_ok(&[
-        "--op",
-        "new",
-        "--mode",
-        "lu",
-        "--tid",
-        "3",
-        "--lun",
-        "1",
-        "--backing-store",
-        &unix_backing(&s, "vol"),
-    ]);
+    add_target(&t, "3", T);
+    add_lun(&t, "3", "1", &unix_backing(&s, "vol"));
     assert!(locks(&s).contains("vol"), "{}", locks(&s));
     let mut i = login(&t, T);
     let d = pattern(MIB, 5);
     i.write_bytes(1, 0, &d);
 
-    let (code, _, err) = t.adm(&["--op", "delete", "--mode", "lu", "--tid", "3", "--lun", "1"]);
+    let (code, _, err) = adm_line(&t, "--op delete --mode lu --tid 3 --lun 1");
     assert_eq!(code, 22);
     assert!(err.contains("this logical unit is still active"), "{err}");
     assert!(locks(&s).contains("vol"));
@@ -362,11 +304,7 @@ fn forced_lun_delete_fails_commands_and_releases_the_lock() {
     let big = pattern(4 * MIB, 9);
     let itt = i.submit(1, &rw16(0x8a, 8192, (big.len() / 512) as u32), &big, 0);
     std::thread::scope(|sc| {
-        let del = sc.spawn(|| {
-            t.adm_ok(&[
-                "--op", "delete", "--mode", "lu", "--tid", "3", "--lun", "1", "--force",
-            ])
-        });
+        let del = sc.spawn(|| ok(&t, "--op delete --mode lu --tid 3 --lun 1 --force"));
         i.set_read_timeout(Duration::from_secs(30));
         let r = i.wait(itt).expect("an answer to the in-flight write");
         assert!(r.status == 0 || r.status == 2, "{r:?}");
@@ -393,11 +331,9 @@ fn forced_lun_delete_fails_commands_and_releases_the_lock() {
     ]);
 
     // Forced target deletion ends the session.
-    t.adm_ok(&[
-        "--op", "delete", "--mode", "target", "--tid", "3", "--force",
-    ]);
+    ok(&t, "--op delete --mode target --tid 3 --force");
     assert!(i.closed_by_target(Duration::from_secs(30)));
-    assert!(t.adm_ok(&["--op", "show", "--mode", "target"]).is_empty());
+    assert!(ok(&t, "--op show --mode target").is_empty());
 }
 
 fn write_config(path: &std::path::Path, text: &str) {
@@ -432,7 +368,7 @@ fn sighup_applies_the_config_difference() {
     let mut i = login(&t, ta);
     let d = pattern(MIB, 3);
     i.write_bytes(1, 0, &d);
-    let before = t.adm_ok(&["--op", "show", "--mode", "target", "--dump"]);
+    let before = ok(&t, "--op show --mode target --dump");
 
     // A: LUN 2 removed, LUN 3 added; B removed; C added.
     write_config(
@@ -465,7 +401,7 @@ fn sighup_applies_the_config_difference() {
     assert!(!before.contains(tc));
 
     // A bad file (syntax, then a VDI that does not exist) changes nothing.
-    let now = t.adm_ok(&["--op", "show", "--mode", "target", "--dump"]);
+    let now = ok(&t, "--op show --mode target --dump");
     for (n, bad) in [
         "[[target]\nname = \"x\"\n".to_string(),
         format!(
@@ -482,7 +418,7 @@ fn sighup_applies_the_config_difference() {
         wait_for("the failed reload in the log", || {
             t.log_text().matches("reload failed; nothing changed").count() > n
         });
-        assert_eq!(t.adm_ok(&["--op", "show", "--mode", "target", "--dump"]), now);
+        assert_eq!(ok(&t, "--op show --mode target --dump"), now);
     }
     assert!(
         t.log_text().contains("nosuchvdi"),
@@ -502,28 +438,8 @@ fn stop_signals_finish_commands_release_locks_and_remove_the_socket() {
     s.ctl(&["vdi", "create", "vol", "64M"]).assert_ok();
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let mut t = TargetProc::start(&[]);
-        t.adm_ok(&[
-            "--op",
-            "new",
-            "--mode",
-            "target",
-            "--tid",
-            "1",
-            "--targetname",
-            T,
-        ]);
-        t.adm_ok(&[
-            "--op",
-            "new",
-            "--mode",
-            "lu",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-            "--backing-store",
-            &unix_backing(&s, "vol"),
-        ]);
+        add_target(&t, "1", T);
+        add_lun(&t, "1", "1", &unix_backing(&s, "vol"));
         t.signal(libc::SIGHUP);
         wait_for("SIGHUP to be handled", || {
             t.log_text().contains("nothing to reload")
@@ -589,7 +505,7 @@ fn show_lists_sessions_and_counts_the_io_done() {
     assert!(st["latency_max_us"].as_u64() > Some(0));
     assert_eq!(tj["luns"][0]["size"], 16 << 20);
 
-    let text = t.adm_ok(&["--op", "show", "--mode", "target"]);
+    let text = ok(&t, "--op show --mode target");
     for want in [
         format!("Target 1: {T}\n"),
         "    I_T nexus information:\n        I_T nexus: ".to_string(),
@@ -614,21 +530,20 @@ fn show_lists_sessions_and_counts_the_io_done() {
 
     // Connections: shown, and one can be ended.
     let sid = tj["sessions"][0]["sid"].as_u64().expect("sid").to_string();
-    let conns = t.adm_ok(&["--op", "show", "--mode", "conn", "--tid", "1"]);
+    let conns = ok(&t, "--op show --mode conn --tid 1");
     assert!(
         conns.contains(&format!("Session: {sid}\n    Connection: 0\n")),
         "{conns}"
     );
-    t.adm_ok(&[
-        "--op", "delete", "--mode", "conn", "--tid", "1", "--sid", &sid, "--cid", "0",
-    ]);
+    ok(
+        &t,
+        &format!("--op delete --mode conn --tid 1 --sid {sid} --cid 0"),
+    );
     assert!(i.closed_by_target(Duration::from_secs(30)));
     wait_for("the session to go", || {
         show_json(&t)["targets"][0]["sessions"] == serde_json::json!([])
     });
-    let (code, _, err) = t.adm(&[
-        "--op", "delete", "--mode", "conn", "--tid", "1", "--sid", &sid,
-    ]);
+    let (code, _, err) = adm_line(&t, &format!("--op delete --mode conn --tid 1 --sid {sid}"));
     assert_eq!(code, 22);
     assert!(err.contains("can't find the session"), "{err}");
 }
@@ -638,28 +553,8 @@ fn acls_and_accounts_apply_to_new_logins() {
     let s = SheepLite::start_formatted();
     s.ctl(&["vdi", "create", "vol", "16M"]).assert_ok();
     let t = TargetProc::start(&[]);
-    t.adm_ok(&[
-        "--op",
-        "new",
-        "--mode",
-        "target",
-        "--tid",
-        "1",
-        "--targetname",
-        T,
-    ]);
-    t.adm_ok(&[
-        "--op",
-        "new",
-        "--mode",
-        "lu",
-        "--tid",
-        "1",
-        "--lun",
-        "1",
-        "--backing-store",
-        &unix_backing(&s, "vol"),
-    ]);
+    add_target(&t, "1", T);
+    add_lun(&t, "1", "1", &unix_backing(&s, "vol"));
     let refused = |o: &LoginOpts| match Initiator::connect(&t.addr(), o) {
         Ok(_) => false,
         Err(LoginError::Status(2, _)) => true,
@@ -667,82 +562,41 @@ fn acls_and_accounts_apply_to_new_logins() {
     };
     let me = LoginOpts::normal(T);
     // An address ACL that is not ours: refused; our name: admitted.
-    t.adm_ok(&[
-        "--op",
-        "bind",
-        "--mode",
-        "target",
-        "--tid",
-        "1",
-        "-I",
-        "10.9.9.0/24",
-    ]);
+    ok(&t, "--op bind --mode target --tid 1 -I 10.9.9.0/24");
     assert!(refused(&me));
-    t.adm_ok(&[
-        "--op",
-        "bind",
-        "--mode",
-        "target",
-        "--tid",
-        "1",
-        "--initiator-name",
-        &me.initiator,
-    ]);
+    ok(
+        &t,
+        &format!(
+            "--op bind --mode target --tid 1 --initiator-name {}",
+            me.initiator
+        ),
+    );
     let mut kept = Initiator::connect(&t.addr(), &me).expect("allowed by name");
-    let (code, _, err) = t.adm(&[
-        "--op",
-        "bind",
-        "--mode",
-        "target",
-        "--tid",
-        "1",
-        "-I",
-        "10.9.9.0/24",
-    ]);
+    let (code, _, err) = adm_line(&t, "--op bind --mode target --tid 1 -I 10.9.9.0/24");
     assert_eq!(code, 22);
     assert!(
         err.contains("this access control rule already exists"),
         "{err}"
     );
-    t.adm_ok(&[
-        "--op",
-        "unbind",
-        "--mode",
-        "target",
-        "--tid",
-        "1",
-        "--initiator-name",
-        &me.initiator,
-    ]);
+    ok(
+        &t,
+        &format!(
+            "--op unbind --mode target --tid 1 --initiator-name {}",
+            me.initiator
+        ),
+    );
     assert!(refused(&LoginOpts::normal(T)));
     // The session logged in before is not disturbed.
     assert_eq!(kept.read16(1, 0, 8).status, 0);
-    t.adm_ok(&[
-        "--op",
-        "bind",
-        "--mode",
-        "target",
-        "--tid",
-        "1",
-        "-I",
-        "127.0.0.1",
-    ]);
+    ok(&t, "--op bind --mode target --tid 1 -I 127.0.0.1");
     assert!(!refused(&LoginOpts::normal(T)));
 
     // CHAP: an account bound to the target makes it required.
-    t.adm_ok(&[
-        "--op",
-        "new",
-        "--mode",
-        "account",
-        "--user",
-        "alice",
-        "--password",
-        "secret123456",
-    ]);
-    t.adm_ok(&[
-        "--op", "bind", "--mode", "account", "--tid", "1", "--user", "alice",
-    ]);
+    ok(
+        &t,
+        "--op new --mode account --user alice --password secret123456",
+    );
+    ok(&t, "--op bind --mode account --tid 1 --user alice");
     assert!(t
         .adm_ok(&["--op", "show", "--mode", "account"])
         .contains("    alice\n"));
@@ -752,7 +606,7 @@ fn acls_and_accounts_apply_to_new_logins() {
         ..LoginOpts::normal(T)
     };
     assert!(!refused(&with_chap));
-    let text = t.adm_ok(&["--op", "show", "--mode", "target"]);
+    let text = ok(&t, "--op show --mode target");
     assert!(
         text.contains("    Account information:\n        alice\n"),
         "{text}"
@@ -762,9 +616,9 @@ fn acls_and_accounts_apply_to_new_logins() {
         "{text}"
     );
     // The dump restarts the same state.
-    let dump = t.adm_ok(&["--op", "show", "--mode", "target", "--dump"]);
+    let dump = ok(&t, "--op show --mode target --dump");
     assert!(dump.contains("chap = [\"alice:secret123456\"]"), "{dump}");
-    let (code, _, err) = t.adm(&["--op", "delete", "--mode", "account", "--user", "bob"]);
+    let (code, _, err) = adm_line(&t, "--op delete --mode account --user bob");
     assert_eq!(code, 22);
     assert!(err.contains("can't find the account"), "{err}");
 }
@@ -795,7 +649,7 @@ fn control_socket_refuses_strangers_and_garbage() {
     }
     // A client that connects and says nothing does not block the others.
     let _silent = std::os::unix::net::UnixStream::connect(&t.control).expect("connect");
-    t.adm_ok(&["--op", "show", "--mode", "system"]);
+    ok(&t, "--op show --mode system");
 
     // SO_PEERCRED: even with the file opened up, another uid is refused.
     if unsafe { libc::geteuid() } != 0 {
@@ -825,6 +679,6 @@ fn control_socket_refuses_strangers_and_garbage() {
     );
     assert_eq!(code, 22, "{err}");
     assert!(err.contains("permission denied: uid 65534"), "{err}");
-    assert!(t.adm_ok(&["--op", "show", "--mode", "target"]).is_empty());
+    assert!(ok(&t, "--op show --mode target").is_empty());
     assert!(t.log_text().contains("request refused"));
 }

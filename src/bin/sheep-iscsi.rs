@@ -86,6 +86,11 @@ fn build_config(a: &Args) -> Result<Config, String> {
         if a.luns.is_empty() {
             return Err(format!("target {name}: no LUNs (add --lun N=BACKING)"));
         }
+        if a.mutual_chap.is_some() && a.chap.is_empty() {
+            return Err(format!(
+                "target {name}: mutual CHAP needs at least one CHAP user (--chap)"
+            ));
+        }
         cfg.targets.push(TargetConfig {
             name: name.to_ascii_lowercase(),
             alias: a.alias.clone(),

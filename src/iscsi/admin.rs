@@ -1061,6 +1061,56 @@ fn system_show(shared: &Shared) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn open_targets_on_public_portals_are_warned_about() {
+        let shared = |portal: &str| {
+            Arc::new(Shared::new(
+                vec![portal.parse().unwrap()],
+                super::super::shared::Limits::default(),
+                Registry::new(crate::client::Options::default()),
+                tokio::sync::watch::channel(false).1,
+            ))
+        };
+        let open = Request {
+            mode: "target".into(),
+            op: "new".into(),
+            tid: Some(1),
+            targetname: Some("iqn.2024-01.x:t".into()),
+            ..Default::default()
+        };
+        let lo = shared("127.0.0.1:3260");
+        assert_eq!(handle(&lo, &open).await.code, AdmErr::Success);
+        assert!(!show_text(&lo, &|_| true).contains("Warning"));
+        let any = shared("0.0.0.0:3260");
+        handle(&any, &open).await;
+        let w = show_text(&any, &|_| true);
+        assert!(
+            w.contains("    Warning: target 1 (iqn.2024-01.x:t) accepts any initiator"),
+            "{w}"
+        );
+        // ALL is no restriction; a name is.
+        let bind = |acl: (&str, &str)| Request {
+            mode: "target".into(),
+            op: "bind".into(),
+            tid: Some(1),
+            initiator_address: (acl.0 == "-I").then(|| acl.1.to_string()),
+            initiator_name: (acl.0 == "-Q").then(|| acl.1.to_string()),
+            ..Default::default()
+        };
+        handle(&any, &bind(("-I", "ALL"))).await;
+        assert!(show_json(&any, &|_| true).contains("accepts any initiator"));
+        handle(&any, &bind(("-Q", "iqn.2024-01.x:init"))).await;
+        assert!(!show_json(&any, &|_| true).contains("accepts any initiator"));
+        // Errors carry tgtadm's numbers.
+        assert_eq!(handle(&any, &open).await.code, AdmErr::TargetExist);
+        let r = handle(&any, &bind(("-Q", "iqn.2024-01.x:init"))).await;
+        assert_eq!(r.code, AdmErr::AclExist);
+        let mut gone = open.clone();
+        gone.op = "delete".into();
+        gone.tid = Some(7);
+        assert_eq!(handle(&any, &gone).await.code, AdmErr::NoTarget);
+    }
+
     #[test]
     fn sizes_like_tgtadm() {
         // 64 MiB shows as 67 MB, 1 GiB as 1074 MB.

@@ -245,12 +245,6 @@ impl TargetConfig {
         for a in &self.addresses {
             parse_acl_address(a).map_err(|e| format!("target {}: {e}", self.name))?;
         }
-        if self.mutual_chap.is_some() && self.chap.is_empty() {
-            return Err(format!(
-                "target {}: mutual CHAP needs at least one CHAP user (--chap)",
-                self.name
-            ));
-        }
         Ok(())
     }
 

@@ -229,6 +229,13 @@ async fn full_feature(
     shared
         .register_session(sess.clone(), shared.limits.drain_timeout)
         .await;
+    if let Some(t) = &sess.target {
+        // Deleted while this login ran: its session-ending pass missed us.
+        if !shared.find_tid(t.tid).is_some_and(|x| Arc::ptr_eq(&x, t)) {
+            tracing::info!(target = %target_name, "target deleted during login");
+            sess.kill.send_replace(true);
+        }
+    }
     tracing::info!(initiator = %res.initiator, target = %target_name, tsih = res.tsih,
         kind = ?res.kind, header_digest = res.params.header_digest,
         data_digest = res.params.data_digest, "session started");

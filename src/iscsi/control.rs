@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tracing::Instrument;
 
 /// Where the control socket lives unless `--control` says otherwise.
 pub const DEFAULT_PATH: &str = "/run/sheep-iscsi.sock";
@@ -132,7 +133,10 @@ async fn client(shared: Arc<Shared>, stream: UnixStream) {
                     refusal(format!("request longer than {MAX_REQUEST} bytes"))
                 }
                 Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-                    Ok(req) => admin::handle(&shared, &req).await,
+                    Ok(req) => {
+                        let span = tracing::info_span!("admin", mode = %req.mode, op = %req.op);
+                        admin::handle(&shared, &req).instrument(span).await
+                    }
                     Err(e) => {
                         tracing::info!(error = %e, "control socket: malformed request");
                         refusal(format!("malformed request: {e}"))
