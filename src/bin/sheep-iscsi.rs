@@ -4,10 +4,13 @@
 use clap::Parser;
 use sheepfs::client;
 use sheepfs::iscsi::config::{self, parse_portal, Config, Credential, LunConfig, TargetConfig};
-use sheepfs::iscsi::{Limits, Server};
+use sheepfs::iscsi::control::{self, ControlSocket};
+use sheepfs::iscsi::shared::Shared;
+use sheepfs::iscsi::{admin, Limits, Server};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -41,9 +44,16 @@ struct Args {
     /// Only these initiator names may log in to that target (repeatable).
     #[arg(long = "initiator", value_name = "IQN", requires = "target")]
     initiators: Vec<String>,
-    /// TOML file describing more targets (see sheep-iscsi(8)).
+    /// TOML file describing more targets (see sheep-iscsi(8)); SIGHUP
+    /// re-reads it and applies the difference.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Control socket for sheep-iscsi-adm (default /run/sheep-iscsi.sock).
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Run without a control socket.
+    #[arg(long, conflicts_with = "control")]
+    no_control: bool,
     /// Seconds a sheep request may keep failing (server down) before the
     /// SCSI command fails with a medium error.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -65,46 +75,112 @@ struct Args {
     log: String,
 }
 
+/// The start state: the config file (if any) plus the command line.
 fn build_config(a: &Args) -> Result<Config, String> {
-    let (mut portals, mut targets) = match &a.config {
+    let mut cfg = match &a.config {
         Some(p) => config::load_file(p)?,
-        None => (Vec::new(), Vec::new()),
+        None => Config::default(),
     };
     if let Some(name) = &a.target {
         config::validate_iscsi_name(name)?;
-        targets.push(TargetConfig {
+        if a.luns.is_empty() {
+            return Err(format!("target {name}: no LUNs (add --lun N=BACKING)"));
+        }
+        if a.mutual_chap.is_some() && a.chap.is_empty() {
+            return Err(format!(
+                "target {name}: mutual CHAP needs at least one CHAP user (--chap)"
+            ));
+        }
+        cfg.targets.push(TargetConfig {
             name: name.to_ascii_lowercase(),
             alias: a.alias.clone(),
             luns: a.luns.clone(),
             chap: a.chap.clone(),
             mutual_chap: a.mutual_chap.clone(),
             initiators: a.initiators.clone(),
+            ..Default::default()
         });
     }
     if !a.portals.is_empty() {
-        portals = a.portals.clone();
+        cfg.portals = a.portals.clone();
     }
-    if portals.is_empty() {
-        portals.push(SocketAddr::from(([0, 0, 0, 0], config::DEFAULT_PORT)));
+    if cfg.portals.is_empty() {
+        cfg.portals
+            .push(SocketAddr::from(([0, 0, 0, 0], config::DEFAULT_PORT)));
     }
-    let cfg = Config { portals, targets };
     cfg.validate()?;
     Ok(cfg)
 }
 
-async fn stop_signal() {
+/// Waits for SIGTERM or SIGINT; meanwhile each SIGHUP reloads the config.
+async fn signals(args: &Args, shared: Arc<Shared>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
-        // No signal handling: run until killed.
+        tracing::warn!("cannot handle signals; stop with --op delete --mode system");
         std::future::pending::<()>().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => return tracing::info!("SIGTERM"),
+            _ = int.recv() => return tracing::info!("SIGINT"),
+            _ = hup.recv() => reload(args, &shared).await,
+        }
+    }
+}
+
+/// SIGHUP: re-read the config file and apply the difference; a bad file
+/// is logged and changes nothing.
+async fn reload(args: &Args, shared: &Arc<Shared>) {
+    let Some(path) = &args.config else {
+        tracing::info!("SIGHUP: no --config file; nothing to reload");
+        return;
+    };
+    tracing::info!(config = %path.display(), "SIGHUP: reloading");
+    notify("RELOADING=1");
+    match build_config(args) {
+        Err(e) => tracing::error!(error = %e, "reload failed; nothing changed"),
+        Ok(cfg) => match admin::apply_config(shared, &cfg).await {
+            Ok(()) => warn_open_targets(shared),
+            Err(e) => tracing::error!(error = %e, "reload failed; nothing changed"),
+        },
+    }
+    notify("READY=1");
+}
+
+fn warn_open_targets(shared: &Shared) {
+    for t in shared.targets() {
+        if let Some(w) = admin::open_warning(shared, &t) {
+            tracing::warn!("{w}");
+        }
+    }
+}
+
+/// Tells systemd (Type=notify) about our state, when it asked to know.
+fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let r = (|| -> std::io::Result<()> {
+        use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+        let sock = UnixDatagram::unbound()?;
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => {
+                use std::os::linux::net::SocketAddrExt;
+                UnixAddr::from_abstract_name(name)?
+            }
+            None => UnixAddr::from_pathname(&path)?,
+        };
+        sock.send_to_addr(state.as_bytes(), &addr)?;
+        Ok(())
+    })();
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot notify systemd");
     }
 }
 
@@ -125,6 +201,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if cfg.targets.is_empty() && args.config.is_none() && args.control.is_none() {
+        // Most likely a mistake: say how to give targets.
+        eprintln!(
+            "sheep-iscsi: no targets configured (use --target and --lun, --config, or \
+             --control PATH to add them at run time with sheep-iscsi-adm)"
+        );
+        return ExitCode::from(1);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,6 +232,27 @@ fn main() -> ExitCode {
         ..Limits::default()
     };
     rt.block_on(async {
+        // The control socket first: a second instance fails before it
+        // touches any VDI. The default path being taken is not fatal.
+        let control = if args.no_control {
+            None
+        } else {
+            let path = args
+                .control
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(control::DEFAULT_PATH));
+            match ControlSocket::bind(&path) {
+                Ok(c) => Some(c),
+                Err(e) if args.control.is_some() => {
+                    eprintln!("sheep-iscsi: {e}");
+                    return ExitCode::from(1);
+                }
+                Err(e) => {
+                    tracing::warn!("{e}; running without a control socket");
+                    None
+                }
+            }
+        };
         let server = match Server::build(&cfg, limits, client_opts).await {
             Ok(s) => s,
             Err(e) => {
@@ -155,10 +260,34 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        let shared = server.shared();
         for p in server.portals() {
             tracing::info!(portal = %p, "listening");
         }
-        server.run(stop_signal()).await;
+        if let Some(c) = &control {
+            tracing::info!(path = %c.path().display(), "control socket ready");
+        }
+        if shared.targets().is_empty() {
+            tracing::info!("no targets yet: add them with sheep-iscsi-adm");
+        }
+        warn_open_targets(&shared);
+        notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+        let serve_control = async {
+            match &control {
+                Some(c) => c.serve(shared.clone()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let stop = async {
+            tokio::select! {
+                _ = signals(&args, shared.clone()) => {}
+                _ = serve_control => {}
+            }
+            notify("STOPPING=1");
+        };
+        server.run(stop).await;
+        // Removes the socket file.
+        drop(control);
         ExitCode::SUCCESS
     })
 }

@@ -419,12 +419,15 @@ impl Disk {
 /// (server, VDI name, snapshot as `:TAG`/`#ID` or empty).
 type DiskKey = (SheepAddr, String, String);
 
-/// Opens each VDI once, whatever number of LUNs and targets use it.
+/// Opens each VDI once, whatever number of LUNs and targets use it, and
+/// closes it (releasing its lock) when the last of them goes.
 pub struct Registry {
     client_opts: client::Options,
     clients: HashMap<SheepAddr, (Client, u64)>,
-    disks: HashMap<DiskKey, Arc<Disk>>,
+    /// Each disk with the number of LUNs holding it.
+    disks: HashMap<DiskKey, (Arc<Disk>, usize)>,
     mem_disks: Vec<Arc<Disk>>,
+    mem_opened: u64,
 }
 
 impl Registry {
@@ -434,6 +437,7 @@ impl Registry {
             clients: HashMap::new(),
             disks: HashMap::new(),
             mem_disks: Vec::new(),
+            mem_opened: 0,
         }
     }
 
@@ -454,11 +458,13 @@ impl Registry {
         Ok((c, ctime))
     }
 
-    /// The disk behind `backing`, opened on first use.
+    /// The disk behind `backing`, opened on first use; every call must be
+    /// paired with one [`Registry::release`].
     pub async fn open(&mut self, backing: &Backing) -> Result<Arc<Disk>, String> {
         match backing {
             Backing::Memory { size } => {
-                let id = fnv(&[b"mem", &(self.mem_disks.len() as u64).to_le_bytes()]);
+                let id = fnv(&[b"mem", &self.mem_opened.to_le_bytes()]);
+                self.mem_opened += 1;
                 let d = Disk::new(Arc::new(MemBackend::new(*size, 4 << 20)), id);
                 self.mem_disks.push(d.clone());
                 Ok(d)
@@ -470,7 +476,8 @@ impl Registry {
                     SnapSel::Id(n) => format!("#{n}"),
                 };
                 let key = (addr.clone(), vdi.clone(), snap_key);
-                if let Some(d) = self.disks.get(&key) {
+                if let Some((d, users)) = self.disks.get_mut(&key) {
+                    *users += 1;
                     return Ok(d.clone());
                 }
                 let (client, ctime) = self.client(addr).await?;
@@ -497,15 +504,42 @@ impl Registry {
                     _ => fnv(&[b"s", &ctime.to_le_bytes(), &vol.vid().to_le_bytes()]),
                 };
                 let d = Disk::new(Arc::new(VolumeBackend::new(vol, backing.to_string())), id);
-                self.disks.insert(key, d.clone());
+                self.disks.insert(key, (d.clone(), 1));
                 Ok(d)
             }
         }
     }
 
+    /// One user of `disk` is gone; the last closes it (releasing the VDI lock).
+    pub async fn release(&mut self, disk: &Arc<Disk>) {
+        if let Some(i) = self.mem_disks.iter().position(|d| Arc::ptr_eq(d, disk)) {
+            self.mem_disks.swap_remove(i);
+            return;
+        }
+        let key = self
+            .disks
+            .iter()
+            .find(|(_, (d, _))| Arc::ptr_eq(d, disk))
+            .map(|(k, _)| k.clone());
+        let Some(key) = key else { return };
+        let last = match self.disks.get_mut(&key) {
+            Some((_, users)) => {
+                *users = users.saturating_sub(1);
+                *users == 0
+            }
+            None => false,
+        };
+        if last {
+            self.disks.remove(&key);
+            tracing::info!(volume = %disk.backend.describe(), "closing volume (no LUN uses it)");
+            disk.backend.close().await;
+        }
+    }
+
     /// Closes every volume (releasing VDI locks) and client.
     pub async fn close_all(&mut self) {
-        for (_, d) in self.disks.drain() {
+        self.mem_disks.clear();
+        for (_, (d, _)) in self.disks.drain() {
             d.backend.close().await;
         }
         for (_, (c, _)) in self.clients.drain() {

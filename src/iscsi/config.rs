@@ -208,18 +208,23 @@ impl FromStr for Credential {
 }
 
 /// One target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TargetConfig {
     /// The iSCSI name (stored lower-case; iSCSI names compare case-insensitively).
     pub name: String,
+    /// tgtadm's target id; `None` = the next free one.
+    pub tid: Option<u32>,
     pub alias: Option<String>,
     pub luns: Vec<LunConfig>,
     /// Initiators must authenticate with one of these (none = no CHAP).
     pub chap: Vec<Credential>,
     /// What the target answers when an initiator asks for mutual CHAP.
     pub mutual_chap: Option<Credential>,
-    /// Initiator names allowed to log in (empty = all).
+    /// Initiator names allowed to log in.
     pub initiators: Vec<String>,
+    /// Initiator addresses allowed to log in: `ALL`, an IP or IP/PREFIX.
+    /// With neither names nor addresses, every initiator may log in.
+    pub addresses: Vec<String>,
 }
 
 impl TargetConfig {
@@ -231,29 +236,94 @@ impl TargetConfig {
                 return Err(format!("target {}: LUN {} defined twice", self.name, l.id));
             }
         }
-        if self.luns.is_empty() {
-            return Err(format!("target {}: no LUNs", self.name));
+        if self.tid == Some(0) {
+            return Err(format!("target {}: tid 0 is reserved", self.name));
         }
         for i in &self.initiators {
             validate_iscsi_name(i)?;
         }
-        if self.mutual_chap.is_some() && self.chap.is_empty() {
-            return Err(format!(
-                "target {}: mutual CHAP needs at least one CHAP user (--chap)",
-                self.name
-            ));
+        for a in &self.addresses {
+            parse_acl_address(a).map_err(|e| format!("target {}: {e}", self.name))?;
         }
         Ok(())
     }
 
-    /// Whether this initiator may log in.
-    pub fn allows(&self, initiator: &str) -> bool {
-        self.initiators.is_empty()
-            || self
-                .initiators
-                .iter()
-                .any(|i| i.eq_ignore_ascii_case(initiator))
+    /// Whether this initiator (name, and address when known) may log in:
+    /// any ACL entry matching is enough (tgt's rule); no entries admit all.
+    pub fn allows(&self, initiator: &str, addr: Option<IpAddr>) -> bool {
+        if self.initiators.is_empty() && self.addresses.is_empty() {
+            return true;
+        }
+        let by_name = self
+            .initiators
+            .iter()
+            .any(|i| i.eq_ignore_ascii_case(initiator));
+        let by_addr = self.addresses.iter().any(|a| match parse_acl_address(a) {
+            Ok(AclAddr::All) => true,
+            Ok(AclAddr::Net(net, bits)) => addr.is_some_and(|ip| in_net(ip, net, bits)),
+            Err(_) => false,
+        });
+        by_name || by_addr
     }
+
+    /// Whether anyone who can reach a portal can log in: no CHAP, and no
+    /// ACL narrower than `ALL`.
+    pub fn is_open(&self) -> bool {
+        self.chap.is_empty()
+            && self.initiators.is_empty()
+            && self
+                .addresses
+                .iter()
+                .all(|a| matches!(parse_acl_address(a), Ok(AclAddr::All)))
+    }
+}
+
+/// An address ACL entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclAddr {
+    All,
+    /// Network address and prefix length.
+    Net(IpAddr, u8),
+}
+
+/// `ALL`, `IP` or `IP/PREFIX` (tgt's `-I` values).
+pub fn parse_acl_address(s: &str) -> Result<AclAddr, String> {
+    if s.eq_ignore_ascii_case("ALL") {
+        return Ok(AclAddr::All);
+    }
+    let bad = || format!("invalid initiator address '{s}': expected ALL, IP or IP/PREFIX");
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, b)) => (ip, Some(b)),
+        None => (s, None),
+    };
+    let ip: IpAddr = ip
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| bad())?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        None => max,
+        Some(b) => b.parse::<u8>().ok().filter(|b| *b <= max).ok_or_else(bad)?,
+    };
+    Ok(AclAddr::Net(ip, bits))
+}
+
+fn in_net(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    let (a, n, width) = match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => (u32::from(a) as u128, u32::from(n) as u128, 32),
+        (IpAddr::V6(a), IpAddr::V4(n)) => match a.to_ipv4_mapped() {
+            Some(a) => (u32::from(a) as u128, u32::from(n) as u128, 32),
+            None => return false,
+        },
+        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), 128),
+        (IpAddr::V4(_), IpAddr::V6(_)) => return false,
+    };
+    let shift = width - u32::from(bits);
+    if shift >= 128 {
+        return true;
+    }
+    (a >> shift) == (n >> shift)
 }
 
 /// iqn./eui./naa. names, at most 223 bytes (RFC 7143 §4.2.7).
@@ -299,22 +369,44 @@ pub fn parse_portal(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// Everything the server needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
     pub portals: Vec<SocketAddr>,
     pub targets: Vec<TargetConfig>,
+    /// CHAP accounts not bound to any target (tgtadm's `--mode account`).
+    pub accounts: Vec<Credential>,
 }
 
 impl Config {
     pub fn validate(&self) -> Result<(), String> {
-        if self.targets.is_empty() {
-            return Err("no targets configured (use --target and --lun, or --config)".into());
-        }
         let mut names = std::collections::BTreeSet::new();
+        let mut tids = std::collections::BTreeSet::new();
         for t in &self.targets {
             t.validate()?;
             if !names.insert(t.name.to_ascii_lowercase()) {
                 return Err(format!("target {} defined twice", t.name));
+            }
+            if let Some(tid) = t.tid {
+                if !tids.insert(tid) {
+                    return Err(format!("target {}: tid {tid} used twice", t.name));
+                }
+            }
+        }
+        // One secret per account name, wherever it appears.
+        let mut secrets: std::collections::BTreeMap<&str, &[u8]> = Default::default();
+        let all = self.accounts.iter().chain(
+            self.targets
+                .iter()
+                .flat_map(|t| t.chap.iter().chain(t.mutual_chap.iter())),
+        );
+        for c in all {
+            if let Some(s) = secrets.insert(&c.user, &c.secret) {
+                if s != c.secret.as_slice() {
+                    return Err(format!(
+                        "CHAP account '{}' is given two different secrets",
+                        c.user
+                    ));
+                }
             }
         }
         if self.portals.is_empty() {
@@ -332,6 +424,8 @@ struct FileConfig {
     #[serde(default)]
     portals: Vec<String>,
     #[serde(default)]
+    accounts: Vec<String>,
+    #[serde(default)]
     target: Vec<FileTarget>,
 }
 
@@ -339,6 +433,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileTarget {
     name: String,
+    tid: Option<u32>,
     alias: Option<String>,
     #[serde(default)]
     lun: Vec<FileLun>,
@@ -347,6 +442,8 @@ struct FileTarget {
     mutual_chap: Option<String>,
     #[serde(default)]
     initiators: Vec<String>,
+    #[serde(default)]
+    initiator_addresses: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -358,20 +455,26 @@ struct FileLun {
     read_only: bool,
 }
 
-/// Portals and targets from a config file.
-pub fn load_file(path: &Path) -> Result<(Vec<SocketAddr>, Vec<TargetConfig>), String> {
+/// Portals, targets and accounts from a config file.
+pub fn load_file(path: &Path) -> Result<Config, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     parse_file(&text).map_err(|e| format!("config file {}: {e}", path.display()))
 }
 
-pub fn parse_file(text: &str) -> Result<(Vec<SocketAddr>, Vec<TargetConfig>), String> {
+pub fn parse_file(text: &str) -> Result<Config, String> {
     let f: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
     let portals = f
         .portals
         .iter()
         .map(|p| parse_portal(p))
         .collect::<Result<Vec<_>, _>>()?;
+    let accounts = f
+        .accounts
+        .iter()
+        .map(|c| c.parse())
+        .collect::<Result<Vec<Credential>, _>>()
+        .map_err(|e| format!("accounts: {e}"))?;
     let mut targets = Vec::new();
     for t in f.target {
         validate_iscsi_name(&t.name)?;
@@ -402,14 +505,106 @@ pub fn parse_file(text: &str) -> Result<(Vec<SocketAddr>, Vec<TargetConfig>), St
             .map_err(|e| format!("target {}: mutual_chap: {e}", t.name))?;
         targets.push(TargetConfig {
             name: t.name.to_ascii_lowercase(),
+            tid: t.tid,
             alias: t.alias,
             luns,
             chap,
             mutual_chap,
             initiators: t.initiators,
+            addresses: t.initiator_addresses,
         });
     }
-    Ok((portals, targets))
+    Ok(Config {
+        portals,
+        targets,
+        accounts,
+    })
+}
+
+/// A TOML string literal (basic string, escaped).
+fn toml_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn toml_list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<String> = items.map(toml_str).collect();
+    format!("[{}]", v.join(", "))
+}
+
+fn cred_str(c: &Credential) -> String {
+    format!("{}:{}", c.user, String::from_utf8_lossy(&c.secret))
+}
+
+impl Config {
+    /// The config file that describes this state (what `parse_file` reads).
+    pub fn to_toml(&self) -> String {
+        let mut o = String::new();
+        let portals: Vec<String> = self.portals.iter().map(|p| p.to_string()).collect();
+        o.push_str(&format!(
+            "portals = {}\n",
+            toml_list(portals.iter().map(|s| s.as_str()))
+        ));
+        if !self.accounts.is_empty() {
+            let a: Vec<String> = self.accounts.iter().map(cred_str).collect();
+            o.push_str(&format!(
+                "accounts = {}\n",
+                toml_list(a.iter().map(|s| s.as_str()))
+            ));
+        }
+        for t in &self.targets {
+            o.push_str(&format!("\n[[target]]\nname = {}\n", toml_str(&t.name)));
+            if let Some(tid) = t.tid {
+                o.push_str(&format!("tid = {tid}\n"));
+            }
+            if let Some(a) = &t.alias {
+                o.push_str(&format!("alias = {}\n", toml_str(a)));
+            }
+            if !t.chap.is_empty() {
+                let c: Vec<String> = t.chap.iter().map(cred_str).collect();
+                o.push_str(&format!(
+                    "chap = {}\n",
+                    toml_list(c.iter().map(|s| s.as_str()))
+                ));
+            }
+            if let Some(m) = &t.mutual_chap {
+                o.push_str(&format!("mutual_chap = {}\n", toml_str(&cred_str(m))));
+            }
+            if !t.initiators.is_empty() {
+                o.push_str(&format!(
+                    "initiators = {}\n",
+                    toml_list(t.initiators.iter().map(|s| s.as_str()))
+                ));
+            }
+            if !t.addresses.is_empty() {
+                o.push_str(&format!(
+                    "initiator_addresses = {}\n",
+                    toml_list(t.addresses.iter().map(|s| s.as_str()))
+                ));
+            }
+            for l in &t.luns {
+                o.push_str(&format!(
+                    "[[target.lun]]\nid = {}\nbacking = {}\n",
+                    l.id,
+                    toml_str(&l.backing.to_string())
+                ));
+                if l.read_only {
+                    o.push_str("read_only = true\n");
+                }
+            }
+        }
+        o
+    }
 }
 
 #[cfg(test)]
@@ -511,6 +706,36 @@ mod tests {
     }
 
     #[test]
+    fn acls() {
+        let mut t = TargetConfig {
+            name: "iqn.2024-01.x:t".into(),
+            ..Default::default()
+        };
+        assert!(t.is_open() && t.allows("iqn.a", None));
+        t.addresses = vec!["10.1.0.0/16".into(), "::1".into()];
+        assert!(!t.is_open());
+        assert!(t.allows("iqn.a", Some("10.1.2.3".parse().unwrap())));
+        assert!(t.allows("iqn.a", Some("::ffff:10.1.2.3".parse().unwrap())));
+        assert!(t.allows("iqn.a", Some("::1".parse().unwrap())));
+        assert!(!t.allows("iqn.a", Some("10.2.0.1".parse().unwrap())));
+        assert!(!t.allows("iqn.a", None));
+        t.initiators = vec!["iqn.a".into()];
+        assert!(t.allows("IQN.A", Some("10.2.0.1".parse().unwrap())));
+        t.addresses = vec!["ALL".into()];
+        t.initiators.clear();
+        assert!(t.is_open() && t.allows("iqn.b", None));
+        for bad in ["10.0.0.0/33", "host", "1.2.3.4/x", ""] {
+            assert!(parse_acl_address(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_acl_address("0.0.0.0/0").map(|_| ()), Ok(()));
+        assert!(in_net(
+            "1.2.3.4".parse().unwrap(),
+            "0.0.0.0".parse().unwrap(),
+            0
+        ));
+    }
+
+    #[test]
     fn names() {
         assert!(validate_iscsi_name("iqn.2024-01.org.example:t1").is_ok());
         assert!(validate_iscsi_name("eui.0123456789abcdef").is_ok());
@@ -540,16 +765,19 @@ id = 3
 backing = "tcp:127.0.0.1:7000:b"
 read_only = true
 "#;
-        let (portals, targets) = parse_file(text).unwrap();
+        let cfg = parse_file(text).unwrap();
+        // The dump of a state reads back as the same state.
+        assert_eq!(parse_file(&cfg.to_toml()).unwrap(), cfg);
+        let (portals, targets) = (cfg.portals, cfg.targets);
         assert_eq!(portals.len(), 2);
         assert_eq!(targets.len(), 2);
         assert_eq!(targets[0].name, "iqn.2024-01.org.example:a");
         assert_eq!(targets[0].luns.len(), 2);
         assert!(targets[0].luns[1].backing.is_snapshot());
         assert_eq!(targets[0].chap[0].user, "user");
-        assert!(targets[0].allows("IQN.1993-08.org.debian:01:abc"));
-        assert!(!targets[0].allows("iqn.other"));
-        assert!(targets[1].allows("anyone"));
+        assert!(targets[0].allows("IQN.1993-08.org.debian:01:abc", None));
+        assert!(!targets[0].allows("iqn.other", None));
+        assert!(targets[1].allows("anyone", None));
         assert!(targets[1].luns[0].read_only);
         let e = parse_file(
             "[[target]]\nname = \"iqn.x\"\n[[target.lun]]\nid = 1\nbacking = \"tcp:h\"\n",

@@ -3,10 +3,10 @@
 //! command tasks queue, stamping sequence numbers in send order.
 
 use super::backend::Reservation;
-use super::login::{Login, LoginResult, Outcome, SessionKind, SessionParams, TPGT};
+use super::login::{Login, LoginResult, Outcome, SessionKind, SessionParams};
 use super::pdu::{self, off, op, read_pdu, reject, Bhs, Framing, Pdu, PduError, RESERVED_TAG};
 use super::scsi::{self, lu, Access, Command, Nexus};
-use super::server::{nexus_for, Lun, SessionShared, Shared, Target};
+use super::shared::{nexus_for, Lun, SessionShared, Shared, Target, TPGT};
 use super::task::{self, AbortResult, Out, SnState, TaskCtl};
 use super::text::{self, KvList};
 use bytes::{Bytes, BytesMut};
@@ -28,6 +28,8 @@ use tracing::Instrument;
 const MAX_WRITE_EDTL: u32 = (scsi::MAX_XFER_BYTES as u32) + 65536;
 /// Immediate SCSI commands allowed beyond the CmdSN window.
 const IMMEDIATE_SLACK: u32 = 16;
+/// SPC-4 REPORTED LUNS DATA HAS CHANGED.
+const REPORTED_LUNS_CHANGED: (u8, u8) = (0x3f, 0x0e);
 
 /// Serves one TCP connection to the end.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
@@ -41,7 +43,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     };
     let (mut rd, mut wr) = stream.into_split();
     let span = tracing::info_span!("conn", %peer);
-    let res = login(&shared, &mut rd, &mut wr)
+    let res = login(&shared, peer, &mut rd, &mut wr)
         .instrument(span.clone())
         .await;
     let Some(res) = res else { return };
@@ -52,10 +54,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 
 async fn login(
     shared: &Arc<Shared>,
+    peer: SocketAddr,
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
 ) -> Option<LoginResult> {
-    let mut l = Login::new(shared.clone());
+    let mut l = Login::new(shared.clone()).with_peer(peer.ip());
     let deadline = tokio::time::Instant::now() + shared.limits.login_timeout;
     let fr = Framing::login();
     loop {
@@ -161,6 +164,7 @@ struct Conn {
     params: SessionParams,
     cs: Arc<ConnShared>,
     local: SocketAddr,
+    peer: SocketAddr,
     xfers: HashMap<u32, WriteXfer>,
     pending: BTreeMap<u32, Option<Pdu>>,
     next_ttt: u32,
@@ -192,7 +196,7 @@ async fn full_feature(
     peer: SocketAddr,
 ) {
     let target_name = match &res.kind {
-        SessionKind::Normal(t) => t.cfg.name.clone(),
+        SessionKind::Normal(t) => t.name.clone(),
         SessionKind::Discovery => String::new(),
     };
     let rel_port = match &res.kind {
@@ -204,6 +208,10 @@ async fn full_feature(
     let sess = Arc::new(SessionShared {
         id: shared.next_session_id(),
         tsih: res.tsih,
+        cid: res.cid,
+        peer,
+        since: std::time::SystemTime::now(),
+        luns_changed: std::sync::atomic::AtomicBool::new(false),
         key: (
             res.initiator.to_ascii_lowercase(),
             res.isid,
@@ -221,6 +229,13 @@ async fn full_feature(
     shared
         .register_session(sess.clone(), shared.limits.drain_timeout)
         .await;
+    if let Some(t) = &sess.target {
+        // Deleted while this login ran: its session-ending pass missed us.
+        if !shared.find_tid(t.tid).is_some_and(|x| Arc::ptr_eq(&x, t)) {
+            tracing::info!(target = %target_name, "target deleted during login");
+            sess.kill.send_replace(true);
+        }
+    }
     tracing::info!(initiator = %res.initiator, target = %target_name, tsih = res.tsih,
         kind = ?res.kind, header_digest = res.params.header_digest,
         data_digest = res.params.data_digest, "session started");
@@ -250,6 +265,7 @@ async fn full_feature(
         params: res.params.clone(),
         cs: cs.clone(),
         local,
+        peer,
         xfers: HashMap::new(),
         pending: BTreeMap::new(),
         next_ttt: 1,
@@ -351,7 +367,7 @@ async fn full_feature(
     }
     shared.unregister_session(&sess);
     if let Some(t) = &sess.target {
-        for l in t.luns.values() {
+        for l in t.all_luns() {
             l.lu.nexus_lost(&sess.nexus.id);
         }
     }
@@ -463,6 +479,23 @@ impl Conn {
         b.0[2] = reason;
         b.set_itt(RESERVED_TAG);
         self.send(Pdu::new(b).with_data(bad.0.to_vec()), true).await
+    }
+
+    /// The unit attention a command gets after the target's LUN inventory
+    /// changed (once per change); REPORT LUNS clears it, INQUIRY and
+    /// REQUEST SENSE pass (SPC-4 §5.14).
+    fn luns_changed_attention(&self, opcode: u8) -> Option<scsi::Sense> {
+        let flag = &self.sess.luns_changed;
+        match opcode {
+            0xa0 => {
+                flag.store(false, Ordering::Relaxed);
+                None
+            }
+            0x12 | 0x03 => None,
+            _ => flag
+                .swap(false, Ordering::Relaxed)
+                .then(|| scsi::Sense::new(scsi::key::UNIT_ATTENTION, REPORTED_LUNS_CHANGED)),
+        }
     }
 
     fn ttt(&mut self) -> u32 {
@@ -666,15 +699,18 @@ impl Conn {
         let mut cdb = b.0[off::CDB..off::CDB + 16].to_vec();
         cdb.truncate(scsi::cdb_len(cdb[0]).min(16));
         let lun = pdu::lun_decode(lun_raw);
-        let lu = lun.and_then(|l| target.luns.get(&l).cloned());
+        let lu = lun.and_then(|l| target.lun(l));
         let kind = match (&lu, cdb[0]) {
             (_, 0xa0) | (None, _) => Kind::Target(target.clone()),
             (Some(lu), _) => Kind::Lu(lu.clone()),
         };
         // Checks that need no data: answer at once, solicit nothing.
         // Bidirectional commands are not supported; oversized writes are not collected.
-        let early: Option<scsi::Sense> =
+        let mut early: Option<scsi::Sense> =
             (write && (read || edtl > MAX_WRITE_EDTL)).then(|| scsi::invalid_cdb(0));
+        if early.is_none() {
+            early = self.luns_changed_attention(cdb[0]);
+        }
         let lu_key = match &kind {
             Kind::Lu(l) => l.lu_key(),
             Kind::Target(_) => 0,
@@ -750,6 +786,7 @@ impl Conn {
             data,
             reservation,
             early,
+            arrived: Instant::now(),
         };
         let span = tracing::debug_span!("scsi", itt, lun = lun.unwrap_or(u64::MAX));
         self.new_tasks
@@ -827,7 +864,7 @@ impl Conn {
         let Some(target) = self.sess.target.clone() else {
             return self.reject(b, reject::PROTOCOL_ERROR).await;
         };
-        let lu = lun.and_then(|l| target.luns.get(&l).cloned());
+        let lu = lun.and_then(|l| target.lun(l));
         tracing::info!(func, itt, rtt, ?lun, "task management");
         // (response code, tasks to wait for, LUs to reset, close after)
         let mut aborted = Vec::new();
@@ -905,13 +942,14 @@ impl Conn {
             }
             3 => 5, // CLEAR ACA: NACA is not supported
             6 | 7 => {
-                let keys: Vec<usize> = target.luns.values().map(|l| l.lu_key()).collect();
+                let luns = target.all_luns();
+                let keys: Vec<usize> = luns.iter().map(|l| l.lu_key()).collect();
                 for t in self.shared.tasks_on(&keys) {
                     if t.abort() == AbortResult::Aborted {
                         aborted.push(t);
                     }
                 }
-                resets.extend(target.luns.values().map(|l| l.lu.clone()));
+                resets.extend(luns.iter().map(|l| l.lu.clone()));
                 close = func == 7;
                 0
             }
@@ -1065,17 +1103,15 @@ impl Conn {
     /// SendTargets=All | <name> | "" (RFC 7143 Appendix C).
     fn send_targets(&self, v: &str, out: &mut KvList) {
         let initiator = self.sess.nexus.initiator_name.clone();
-        let current = self.sess.target.as_ref().map(|t| t.cfg.name.clone());
+        let current = self.sess.target.as_ref().map(|t| t.name.clone());
         let list: Vec<Arc<Target>> = match v {
             "All" => self
                 .shared
-                .targets
-                .iter()
+                .targets()
+                .into_iter()
                 .filter(|t| {
-                    matches!(self.kind, SessionKind::Discovery)
-                        || Some(&t.cfg.name) == current.as_ref()
+                    matches!(self.kind, SessionKind::Discovery) || Some(&t.name) == current.as_ref()
                 })
-                .cloned()
                 .collect(),
             "" => current
                 .and_then(|c| self.shared.find_target(&c))
@@ -1083,8 +1119,9 @@ impl Conn {
                 .collect(),
             name => self.shared.find_target(name).into_iter().collect(),
         };
-        for t in list.iter().filter(|t| t.cfg.allows(&initiator)) {
-            out.push("TargetName", t.cfg.name.clone());
+        let peer = Some(self.peer.ip());
+        for t in list.iter().filter(|t| t.allows(&initiator, peer)) {
+            out.push("TargetName", t.name.clone());
             let mut seen = Vec::new();
             for p in &self.shared.portals {
                 let ip = if p.ip().is_unspecified() {
@@ -1202,6 +1239,8 @@ struct TaskRun {
     data: DataIn,
     reservation: Option<Reservation>,
     early: Option<scsi::Sense>,
+    /// When the command arrived (LUN latency counters).
+    arrived: Instant,
 }
 
 impl TaskRun {
@@ -1259,12 +1298,19 @@ impl TaskRun {
                     })
                     .await
                 }
-                Kind::Target(t) => lu::no_such_lun(&self.cdb, &t.lun_ids),
+                Kind::Target(t) => lu::no_such_lun(&self.cdb, &t.lun_ids()),
             }
         };
-        if resp.status != scsi::status::GOOD {
+        let ok = resp.status == scsi::status::GOOD;
+        if !ok {
             tracing::debug!(op = self.cdb[0], status = resp.status,
                 sense = ?resp.sense.get(..14), "command failed");
+        }
+        if let Kind::Lu(l) = &self.kind {
+            let read = if self.read { resp.data.len() } else { 0 };
+            let written = if ok { data.len() } else { 0 };
+            l.stats
+                .record(read as u64, written as u64, !ok, self.arrived.elapsed());
         }
         drop(self.reservation.take());
         if !task.respond() {

@@ -6,7 +6,8 @@
 use super::chap;
 use super::config::Credential;
 use super::pdu::{op, Bhs, Pdu};
-use super::server::{Limits, Shared, Target};
+pub use super::shared::TPGT;
+use super::shared::{Limits, Shared, Target};
 use super::text::{self, KvList};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -31,8 +32,6 @@ pub mod status {
 pub const STAGE_SECURITY: u8 = 0;
 pub const STAGE_OPERATIONAL: u8 = 1;
 pub const STAGE_FULL_FEATURE: u8 = 3;
-/// The one portal group every portal belongs to.
-pub const TPGT: u16 = 1;
 
 /// Parameters in force after login.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +80,7 @@ impl std::fmt::Debug for SessionKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SessionKind::Discovery => write!(f, "Discovery"),
-            SessionKind::Normal(t) => write!(f, "Normal({})", t.cfg.name),
+            SessionKind::Normal(t) => write!(f, "Normal({})", t.name),
         }
     }
 }
@@ -140,6 +139,8 @@ pub struct Login {
     partial: Vec<u8>,
     declared_mrdsl: bool,
     sent_tpgt: bool,
+    /// The initiator's address, for address ACLs (unknown in unit tests).
+    peer: Option<std::net::IpAddr>,
 }
 
 struct Failure((u8, u8), String);
@@ -170,7 +171,14 @@ impl Login {
             partial: Vec::new(),
             declared_mrdsl: false,
             sent_tpgt: false,
+            peer: None,
         }
+    }
+
+    /// Where the initiator connects from (address ACLs match it).
+    pub fn with_peer(mut self, ip: std::net::IpAddr) -> Login {
+        self.peer = Some(ip);
+        self
     }
 
     /// The initiator name, once known (for logs).
@@ -365,7 +373,7 @@ impl Login {
 
     fn auth_required(&self) -> bool {
         match &self.kind {
-            Some(SessionKind::Normal(t)) => !t.cfg.chap.is_empty(),
+            Some(SessionKind::Normal(t)) => !t.cfg.read().chap.is_empty(),
             _ => false,
         }
     }
@@ -396,10 +404,10 @@ impl Login {
                     .shared
                     .find_target(tn)
                     .ok_or_else(|| fail(status::NOT_FOUND, format!("no target named {tn}")))?;
-                if !t.cfg.allows(name) {
+                if !t.allows(name, self.peer) {
                     return Err(fail(
                         status::AUTHORIZATION_FAILED,
-                        format!("initiator {name} not allowed on {}", t.cfg.name),
+                        format!("initiator {name} not allowed on {}", t.name),
                     ));
                 }
                 SessionKind::Normal(t)
@@ -426,8 +434,8 @@ impl Login {
         }
         if let SessionKind::Normal(t) = &kind {
             out.push("TargetPortalGroupTag", TPGT.to_string());
-            if let Some(a) = &t.cfg.alias {
-                out.push("TargetAlias", a.clone());
+            if let Some(a) = t.cfg.read().alias.clone() {
+                out.push("TargetAlias", a);
             }
             self.sent_tpgt = true;
         }
@@ -539,7 +547,7 @@ impl Login {
             .get("CHAP_R")
             .and_then(text::decode_binary)
             .ok_or_else(|| fail(status::AUTH_FAILED, "CHAP_R missing or malformed"))?;
-        let cred: Option<&Credential> = t.cfg.chap.iter().find(|c| c.user == user);
+        let cred: Option<Credential> = t.cfg.read().chap.iter().find(|c| c.user == user).cloned();
         let ok = cred
             .map(|c| chap::ct_eq(&chap::response(id, &c.secret, challenge), &r))
             .unwrap_or(false);
@@ -567,7 +575,7 @@ impl Login {
                         "initiator reflected our CHAP challenge",
                     ));
                 }
-                let m = t.cfg.mutual_chap.as_ref().ok_or_else(|| {
+                let m = t.cfg.read().mutual_chap.clone().ok_or_else(|| {
                     fail(
                         status::AUTH_FAILED,
                         "initiator asked for mutual CHAP, none configured",
@@ -743,7 +751,7 @@ mod tests {
             luns: vec![],
             chap,
             mutual_chap: mutual,
-            initiators: vec![],
+            ..Default::default()
         };
         Shared::for_tests(vec![cfg])
     }

@@ -10,17 +10,25 @@
 //! - [`login`], [`chap`]: the login phase as a state machine.
 //! - [`task`]: per-command state, CmdSN window, result -> PDUs.
 //! - [`conn`]: one connection (reader, writer, command tasks).
-//! - [`server`]: portals, targets, sessions, shutdown.
+//! - [`shared`]: targets, LUNs and sessions as every connection sees them.
+//! - [`stats`]: per-LUN counters and latency percentiles.
+//! - [`admin`]: run-time changes (tgtadm's requests), `show`, reload.
+//! - [`control`]: the control socket `sheep-iscsi-adm` talks to.
+//! - [`server`]: portals, the accept loop, shutdown.
 //! - [`config`]: backing-store strings, command-line values, TOML file.
 
+pub mod admin;
 pub mod backend;
 pub mod chap;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod login;
 pub mod pdu;
 pub mod scsi;
 pub mod server;
+pub mod shared;
+pub mod stats;
 pub mod task;
 pub mod text;
 

@@ -26,6 +26,8 @@ pub struct TargetProc {
     child: Option<Child>,
     pub port: u16,
     pub log: PathBuf,
+    /// Its control socket (in its temp dir unless the arguments name one).
+    pub control: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -46,9 +48,17 @@ impl TargetProc {
         let port = free_port();
         let portal = format!("127.0.0.1:{port}");
         let f = std::fs::File::create(&log).expect("log file");
+        let mut control = dir.path().join("control.sock");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sheep-iscsi"));
-        cmd.args(["--portal", &portal, "--log", "info,sheepfs::iscsi=debug"])
-            .args(args)
+        cmd.args(["--portal", &portal, "--log", "info,sheepfs::iscsi=debug"]);
+        // Never the shared default path: tests run side by side.
+        match args.iter().position(|a| *a == "--control") {
+            Some(i) => control = PathBuf::from(args.get(i + 1).copied().unwrap_or_default()),
+            None => {
+                cmd.arg("--control").arg(&control);
+            }
+        }
+        cmd.args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -59,6 +69,7 @@ impl TargetProc {
             child: Some(child),
             port,
             log,
+            control,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -95,12 +106,43 @@ impl TargetProc {
         self.child.as_ref().map(|c| c.id())
     }
 
-    /// SIGTERM, then wait (bounded) for the exit.
-    pub fn term(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let c = self.child.as_mut()?;
-        unsafe {
-            libc::kill(c.id() as i32, libc::SIGTERM);
+    /// Runs sheep-iscsi-adm against this target's control socket.
+    pub fn adm(&self, args: &[&str]) -> (i32, String, String) {
+        let ctl = self.control.to_string_lossy().into_owned();
+        let mut all = vec!["--control", &ctl];
+        all.extend_from_slice(args);
+        run(
+            env!("CARGO_BIN_EXE_sheep-iscsi-adm"),
+            &all,
+            &[],
+            Duration::from_secs(120),
+        )
+    }
+
+    /// Like adm, but the command must succeed; returns its stdout.
+    pub fn adm_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.adm(args);
+        assert_eq!(
+            code,
+            0,
+            "sheep-iscsi-adm {args:?}: {err}\n{}",
+            self.log_text()
+        );
+        out
+    }
+
+    /// Sends a signal to the target.
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            unsafe {
+                libc::kill(pid as i32, sig);
+            }
         }
+    }
+
+    /// Waits (bounded) for the exit after a signal sent earlier.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let c = self.child.as_mut()?;
         let deadline = Instant::now() + timeout;
         loop {
             match c.try_wait() {
@@ -114,6 +156,13 @@ impl TargetProc {
                 _ => return None,
             }
         }
+    }
+
+    /// SIGTERM, then wait (bounded) for the exit.
+    pub fn term(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        self.child.as_ref()?;
+        self.signal(libc::SIGTERM);
+        self.wait_exit(timeout)
     }
 }
 
