@@ -1,4 +1,8 @@
-//! Small helpers shared by the binaries.
+//! Small helpers shared by the binaries: sizes, logging setup, systemd
+//! notification.
+
+pub mod logging;
+pub mod notify;
 
 /// Parses a size with an optional K/M/G/T/P suffix (powers of 1024, as dog),
 /// e.g. `1G`, `512M`, `4096`.
@@ -42,5 +46,32 @@ mod tests {
         assert!(parse_size("1X").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("99999999999P").is_err());
+    }
+}
+
+/// Checks the host part of an address given by a user: a bare number
+/// (`2`, which the resolver would take as 0.0.0.2) or a dotted number that
+/// is not a full IPv4 address (`127.1`) is refused with what to write.
+pub fn check_host(host: &str) -> Result<(), String> {
+    let numeric = !host.is_empty() && host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if numeric && host.parse::<std::net::Ipv4Addr>().is_err() {
+        return Err(format!(
+            "'{host}' is not a host name or IPv4 address (a bare number is not an address); \
+             write HOST:PORT, e.g. 127.0.0.1:7000"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod host_tests {
+    #[test]
+    fn hosts() {
+        for ok in ["127.0.0.1", "localhost", "sheep-1", "::1", "10.0.0.2"] {
+            assert!(super::check_host(ok).is_ok(), "{ok}");
+        }
+        for bad in ["2", "7000", "127.1", "1.2.3", "1.2.3.4.5"] {
+            assert!(super::check_host(bad).is_err(), "{bad}");
+        }
     }
 }

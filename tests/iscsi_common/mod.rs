@@ -1113,4 +1113,3 @@ pub fn tally(r: &[(String, Outcome)]) -> (usize, usize, usize) {
     let c = |o| r.iter().filter(|(_, x)| *x == o).count();
     (c(Outcome::Pass), c(Outcome::Fail), c(Outcome::Skip))
 }
-
