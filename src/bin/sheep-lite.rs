@@ -28,6 +28,7 @@ struct Args {
 }
 
 fn main() {
+    sheepfs::util::completions_from_env::<Args>("sheep-lite");
     let args = Args::parse();
     sheepfs::util::logging::init(sheepfs::util::logging::LogSetup {
         default_filter: if args.verbose {

@@ -116,6 +116,7 @@ fn main() {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sheepfs"));
         std::process::exit(fs::mountopt::helper_main(&exe, &rest));
     }
+    sheepfs::util::completions_from_env::<Args>("sheepfs");
     let args = Args::parse();
     // Paths must be absolute before the daemon changes to /.
     let mnt = match check_mountpoint(&args.mountpoint) {

@@ -4,6 +4,29 @@
 pub mod logging;
 pub mod notify;
 
+/// The variable that makes a clap binary print its shell completion script
+/// (`SHEEPFS_COMPLETIONS=bash sheepfs`; used by scripts/install).
+pub const COMPLETIONS_ENV: &str = "SHEEPFS_COMPLETIONS";
+
+/// If `$SHEEPFS_COMPLETIONS` names a shell (bash, zsh, fish, elvish,
+/// powershell), prints the completion script of `C` for `bin` and exits.
+/// Call first thing in `main`.
+pub fn completions_from_env<C: clap::CommandFactory>(bin: &str) {
+    let Some(shell) = std::env::var_os(COMPLETIONS_ENV) else {
+        return;
+    };
+    match shell.to_string_lossy().parse::<clap_complete::Shell>() {
+        Ok(sh) => {
+            clap_complete::generate(sh, &mut C::command(), bin, &mut std::io::stdout());
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("{bin}: {COMPLETIONS_ENV}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// Parses a size with an optional K/M/G/T/P suffix (powers of 1024, as dog),
 /// e.g. `1G`, `512M`, `4096`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
