@@ -82,7 +82,10 @@ fn install_verify_and_uninstall() {
         assert!(f.contains(&want.to_string()), "{want} not installed: {f:?}");
     }
     // The installed programs run, and the helper link reaches sheepfs.
-    let v = sh_ok(&prefix.join("bin/sheepctl").to_string_lossy(), &["--version"]);
+    let v = sh_ok(
+        &prefix.join("bin/sheepctl").to_string_lossy(),
+        &["--version"],
+    );
     assert!(v.contains("0."), "{v}");
     let (ok, _, err) = sh(
         &prefix.join("sbin/mount.sheepfs").to_string_lossy(),
@@ -139,7 +142,11 @@ fn install_verify_and_uninstall() {
 
     // Completions load into bash and register.
     let comp = prefix.join("share/bash-completion/completions");
-    for (file, cmd) in [("sheepctl", "sheepctl"), ("sheepfs", "sheepfs"), ("sheep-lite", "sheep-lite")] {
+    for (file, cmd) in [
+        ("sheepctl", "sheepctl"),
+        ("sheepfs", "sheepfs"),
+        ("sheep-lite", "sheep-lite"),
+    ] {
         let script = format!("source {} && complete -p {cmd}", comp.join(file).display());
         let out = sh_ok("bash", &["-c", &script]);
         assert!(out.contains(cmd), "{file}: {out}");
@@ -184,7 +191,14 @@ fn mount_helper_and_fstab() {
     // mount -t sheepfs with options; attach at mount time.
     let (ok, o, e) = sh(
         "mount",
-        &["-t", "sheepfs", &spec, &m, "-o", "cache,timeout=5,attach=v1:v2"],
+        &[
+            "-t",
+            "sheepfs",
+            &spec,
+            &m,
+            "-o",
+            "cache,timeout=5,attach=v1:v2",
+        ],
     );
     assert!(ok, "mount -t sheepfs: {o}{e}");
     assert!(is_mounted(&mnt));
@@ -194,9 +208,15 @@ fn mount_helper_and_fstab() {
         .find(|l| l.split(' ').nth(1) == Some(m.as_str()))
         .map(str::to_string)
         .unwrap();
-    assert!(line.starts_with(&format!("{spec} {m} fuse.sheepfs ")), "{line}");
+    assert!(
+        line.starts_with(&format!("{spec} {m} fuse.sheepfs ")),
+        "{line}"
+    );
     let stats = std::fs::read_to_string(mnt.join("stats/v1")).unwrap();
-    assert!(stats.contains("page_cache: 1\n") && stats.contains("locking: on\n"), "{stats}");
+    assert!(
+        stats.contains("page_cache: 1\n") && stats.contains("locking: on\n"),
+        "{stats}"
+    );
     assert!(mnt.join("volume/v2").exists());
     let locks = s.ctl(&["vdi", "lock", "list"]).text();
     assert!(locks.contains("v1") && locks.contains("v2"), "{locks}");
@@ -205,12 +225,25 @@ fn mount_helper_and_fstab() {
     std::fs::create_dir(&mnt2).unwrap();
     let (ok, o, e) = sh(
         "mount",
-        &["-t", "sheepfs", &spec, &mnt2.to_string_lossy(), "-o", "bogus"],
+        &[
+            "-t",
+            "sheepfs",
+            &spec,
+            &mnt2.to_string_lossy(),
+            "-o",
+            "bogus",
+        ],
     );
-    assert!(!ok && format!("{o}{e}").contains("unknown mount option 'bogus'"), "{o}{e}");
+    assert!(
+        !ok && format!("{o}{e}").contains("unknown mount option 'bogus'"),
+        "{o}{e}"
+    );
     sh_ok("umount", &[&m]);
     wait_unmounted(&mnt);
-    wait_for(|| !s.ctl(&["vdi", "lock", "list"]).text().contains("v1"), "locks released");
+    wait_for(
+        || !s.ctl(&["vdi", "lock", "list"]).text().contains("v1"),
+        "locks released",
+    );
 
     // An fstab line as an operator writes it.
     let fstab = tmp.path().join("fstab");
@@ -236,7 +269,10 @@ impl Drop for Uninstall {
         let (ok, out) = install(&self.0, &["--uninstall"], "/sbin");
         if !std::thread::panicking() {
             assert!(ok, "{out}");
-            assert!(!Path::new("/sbin/mount.sheepfs").exists(), "helper link left");
+            assert!(
+                !Path::new("/sbin/mount.sheepfs").exists(),
+                "helper link left"
+            );
         }
     }
 }

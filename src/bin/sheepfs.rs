@@ -281,6 +281,11 @@ fn run(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the I/O runtime: {e}"))?;
+    // Before mounting: a stop request from then on must unmount cleanly.
+    let signals = {
+        let _g = rt.enter();
+        StopSignals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?
+    };
     let timeout = Duration::from_secs(args.timeout);
     let copts = Options {
         request_timeout: timeout,
@@ -337,7 +342,7 @@ fn run(
             return Err(mount_error(&mnt, &e));
         }
     };
-    rt.spawn(on_signals(unmounter, mnt.clone()));
+    drop(rt.spawn(on_signals(signals, unmounter, mnt.clone())));
     info!(mountpoint = %mnt.display(), sheep = %addr, "mounted");
     ready.success();
     notify::ready();
@@ -389,24 +394,34 @@ fn mount_error(mnt: &Path, e: &std::io::Error) -> String {
     }
 }
 
+/// The signals that stop sheepfs.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Must run inside the runtime.
+    fn install() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// SIGTERM, SIGINT and SIGHUP: unmount; the session then ends, in-flight
 /// requests finish and every volume is detached (locks released) in
 /// `destroy`. A busy mount (open files, a loop device) is detached lazily
 /// and keeps serving its users until they close it.
-async fn on_signals(mut un: fs::fuse::Unmounter, mnt: PathBuf) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        warn!("cannot install signal handlers; use umount to stop sheepfs");
-        return;
-    };
+async fn on_signals(mut s: StopSignals, mut un: fs::fuse::Unmounter, mnt: PathBuf) {
     let sig = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-        _ = hup.recv() => "SIGHUP",
+        _ = s.term.recv() => "SIGTERM",
+        _ = s.int.recv() => "SIGINT",
+        _ = s.hup.recv() => "SIGHUP",
     };
     info!("{sig}: unmounting {}", mnt.display());
     notify::stopping();
