@@ -202,21 +202,25 @@ fn stderr_is_lasting() -> bool {
 /// mounted already (a second sheepfs there would hide the first, and one
 /// umount would take both down).
 fn check_mountpoint(p: &Path) -> Result<PathBuf, String> {
+    let dead = |e: &std::io::Error| {
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        format!(
+            "mountpoint {} is a dead FUSE mount (its daemon exited: {e}); \
+             unmount it first: umount -l {}",
+            abs.display(),
+            abs.display()
+        )
+    };
     let m = match p.canonicalize() {
         Ok(m) => m,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-            return Err(format!(
-                "mountpoint {} is a dead FUSE mount (its daemon exited: {e}); \
-                 unmount it first: umount -l {}",
-                abs.display(),
-                abs.display()
-            ));
-        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Err(dead(&e)),
         Err(e) => return Err(format!("mountpoint {}: {e}", p.display())),
     };
-    if !m.is_dir() {
-        return Err(format!("mountpoint {} is not a directory", m.display()));
+    match std::fs::metadata(&m) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => return Err(format!("mountpoint {} is not a directory", m.display())),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => return Err(dead(&e)),
+        Err(e) => return Err(format!("mountpoint {}: {e}", m.display())),
     }
     if let Some((fstype, source)) = mounted_at(&m) {
         return Err(format!(
