@@ -16,7 +16,6 @@
 //! | `allow_other`       | `--allow-other`     |
 //! | `attach=A[:B...]`   | `--attach A ...`    |
 //! | `fuse_threads=N`    | `--fuse-threads N`  |
-//! | `debug`             | `-d` (foreground)   |
 //!
 //! Options that mount(8), systemd or the kernel use and that mean nothing
 //! to sheepfs (`defaults`, `rw`, `_netdev`, `nofail`, `auto`, `noauto`,
@@ -93,7 +92,6 @@ pub fn option_args(opts: &str) -> Result<Vec<String>, String> {
             "pagecache" | "cache" => out.push("-k".into()),
             "objectcache" => out.push("-o".into()),
             "allow_other" => out.push("--allow-other".into()),
-            "debug" => out.push("-d".into()),
             "cache_size" => out.extend(["--cache-size".into(), need("SIZE")?.into()]),
             "timeout" => out.extend(["-t".into(), need("SECONDS")?.into()]),
             "socket" => out.extend(["--socket".into(), need("PATH")?.into()]),
@@ -133,7 +131,7 @@ pub fn sheepfs_args(spec: &str, dir: &str, opts: &str) -> Result<Vec<String>, St
 /// Usage of the helper.
 pub const USAGE: &str = "usage: mount.sheepfs HOST:PORT|unix:PATH DIR [-sfnv] [-o OPTIONS]\n\
      options: ro, pagecache (or cache), objectcache, cache_size=SIZE, timeout=SECONDS, \
-     socket=PATH, allow_other, attach=VDI[:VDI...], fuse_threads=N, debug; see sheepfs(8)";
+     socket=PATH, allow_other, attach=VDI[:VDI...], fuse_threads=N; see sheepfs(8)";
 
 /// Is a program called by this name (argv[0]) the mount helper
 /// (`mount.sheepfs`, `mount.fuse.sheepfs`)?
