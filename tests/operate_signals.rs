@@ -12,7 +12,7 @@ use sheepfs_common::{is_mounted, require_root, wait_child, Mount};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SIGNALS: [(i32, &str); 3] = [
@@ -142,6 +142,18 @@ fn sheepfs_notifies_systemd() {
     assert!(!is_mounted(&mnt));
 }
 
+/// sheep-lite on `store`, notifying `n`, logging to `log`.
+fn spawn_lite(store: &std::path::Path, port: u16, n: &Notify, log: &std::path::Path) -> Child {
+    Command::new(bin("sheep-lite"))
+        .args(["-p", &port.to_string()])
+        .arg(store)
+        .env("NOTIFY_SOCKET", &n.path)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn sheep_lite_stops_cleanly_on_each_signal() {
     for (sig, name) in SIGNALS {
@@ -149,14 +161,7 @@ fn sheep_lite_stops_cleanly_on_each_signal() {
         let port = free_port();
         let log = dir.path().join("log");
         let n = Notify::new();
-        let mut c = Command::new(bin("sheep-lite"))
-            .args(["-p", &port.to_string()])
-            .arg(dir.path().join("store"))
-            .env("NOTIFY_SOCKET", &n.path)
-            .stdin(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let mut c = spawn_lite(&dir.path().join("store"), port, &n, &log);
         n.expect("READY=1");
         let sock = dir.path().join("store/sock");
         assert!(sock.exists());
@@ -187,14 +192,12 @@ fn sheep_lite_stops_cleanly_on_each_signal() {
         assert_clean_log(&text, name);
         // What was written before the signal is there after a restart.
         let n2 = Notify::new();
-        let mut again = Command::new(bin("sheep-lite"))
-            .args(["-p", &port.to_string()])
-            .arg(dir.path().join("store"))
-            .env("NOTIFY_SOCKET", &n2.path)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut again = spawn_lite(
+            &dir.path().join("store"),
+            port,
+            &n2,
+            &dir.path().join("log2"),
+        );
         n2.expect("READY=1");
         let back = ctl(&["vdi", "read", "v", "0", "65536"], b"");
         kill(again.id(), libc::SIGTERM);

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// `sheepfs -f ARGS MNT` expected to fail: its stderr.
-fn refused(args: &[&str], mnt: &std::path::Path) -> String {
+fn failed_start(args: &[&str], mnt: &std::path::Path) -> String {
     let mut c = Command::new(bin("sheepfs"))
         .arg("-f")
         .args(args)
@@ -30,6 +30,12 @@ fn refused(args: &[&str], mnt: &std::path::Path) -> String {
     let mut err = String::new();
     c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(!st.success(), "sheepfs {args:?} mounted:\n{err}");
+    err
+}
+
+/// Like [`failed_start`] on a free mountpoint, which stays unmounted.
+fn refused(args: &[&str], mnt: &std::path::Path) -> String {
+    let err = failed_start(args, mnt);
     assert!(!is_mounted(mnt), "{args:?}: mounted anyway");
     err
 }
@@ -149,16 +155,7 @@ fn one_sheepfs_per_mountpoint_and_dead_mounts() {
     let s = SheepLite::start_formatted();
     let mut m = Mount::start(&s, &[]);
     let port = s.port.to_string();
-    let mut c = Command::new(bin("sheepfs"))
-        .args(["-f", "-p", &port])
-        .arg(&m.mnt)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let st = wait_child(&mut c, Duration::from_secs(30)).unwrap();
-    let mut err = String::new();
-    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(!st.success());
+    let err = failed_start(&["-p", &port], &m.mnt);
     assert!(
         err.contains("already a mount point") && err.contains("umount"),
         "{err}"
@@ -169,16 +166,7 @@ fn one_sheepfs_per_mountpoint_and_dead_mounts() {
     // SAFETY: killing our own child.
     unsafe { libc::kill(m.pid().unwrap() as i32, libc::SIGKILL) };
     wait_for(|| std::fs::metadata(&m.mnt).is_err(), "dead mount");
-    let mut c = Command::new(bin("sheepfs"))
-        .args(["-f", "-p", &port])
-        .arg(&m.mnt)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let st = wait_child(&mut c, Duration::from_secs(30)).unwrap();
-    let mut err = String::new();
-    c.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(!st.success());
+    let err = failed_start(&["-p", &port], &m.mnt);
     assert!(
         err.contains("dead FUSE mount") && err.contains("umount -l"),
         "{err}"
