@@ -125,6 +125,7 @@ fn sheepfs_notifies_systemd() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("m");
     std::fs::create_dir(&mnt).unwrap();
+    let _cleanup = Unmount(mnt.clone());
     let mut c = Command::new(bin("sheepfs"))
         .args(["-f", "-p", &s.port.to_string()])
         .arg(&mnt)
@@ -140,6 +141,15 @@ fn sheepfs_notifies_systemd() {
     let st = wait_child(&mut c, Duration::from_secs(30)).expect("sheepfs did not exit");
     assert!(st.success());
     assert!(!is_mounted(&mnt));
+}
+
+/// Unmounts on drop, so a failed test leaves no mount behind.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        sheepfs_common::unmount(&self.0);
+    }
 }
 
 /// sheep-lite on `store`, notifying `n`, logging to `log`.
