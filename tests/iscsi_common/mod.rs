@@ -1113,3 +1113,4 @@ pub fn tally(r: &[(String, Outcome)]) -> (usize, usize, usize) {
     let c = |o| r.iter().filter(|(_, x)| *x == o).count();
     (c(Outcome::Pass), c(Outcome::Fail), c(Outcome::Skip))
 }
+
