@@ -60,7 +60,7 @@ async fn core_without_a_mount() {
         .collect();
     assert_eq!(
         root,
-        [".", "..", "cluster", "vdi", "node", "config", "volume", "stats"]
+        [".", "..", "cluster", "vdi", "node", "config", "volume", "stats", "log"]
     );
     let a = c.getattr(tree::DIR_VOLUME).await.unwrap();
     assert_eq!(a.kind, Kind::Dir);

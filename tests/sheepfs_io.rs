@@ -465,7 +465,7 @@ fn sixteen_readers_sixteen_writers() {
 
 #[test]
 fn sixteen_readers_sixteen_writers_cached() {
-    readers_and_writers(&["-k", "--cache-size", "8M"]);
+    readers_and_writers(&["-k", "--cache-size", "16M"]);
 }
 
 /// -k: a re-read is served from the object cache; writes go through to

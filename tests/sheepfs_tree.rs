@@ -34,7 +34,7 @@ fn tree_has_every_file() {
     let m = Mount::start(&s, &[]);
     assert_eq!(
         names(&m.mnt),
-        ["cluster", "config", "node", "stats", "vdi", "volume"]
+        ["cluster", "config", "log", "node", "stats", "vdi", "volume"]
     );
     assert_eq!(names(&m.p("cluster")), ["info", "info.json"]);
     assert_eq!(

@@ -28,18 +28,19 @@ struct Args {
 }
 
 fn main() {
+    sheepfs::util::completions_from_env::<Args>("sheep-lite");
     let args = Args::parse();
-    let default = if args.verbose {
-        "sheepfs=debug"
-    } else {
-        "sheepfs=info"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    sheepfs::util::logging::init(sheepfs::util::logging::LogSetup {
+        default_filter: if args.verbose {
+            "sheepfs=debug"
+        } else {
+            "sheepfs=info"
+        }
+        .into(),
+        syslog: None,
+        target: true,
+        ring: None,
+    });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -740,6 +740,18 @@ impl Volume {
         Ok(())
     }
 
+    /// Objects this VDI owns (map entries naming its own vid), as dog's
+    /// `vdi list` counts Used; shared objects of a clone are not included.
+    pub fn own_objects(&self) -> u64 {
+        let s = self.state.read();
+        let vid = s.header.vdi_id;
+        let n = match &s.map {
+            DataMap::Flat(v) => v.iter().filter(|&&x| x == vid).count(),
+            DataMap::Btree(t) => t.entries().iter().filter(|e| e.1 == vid).count(),
+        };
+        n as u64
+    }
+
     /// SEEK_DATA: first allocated byte at or after `off`, if any.
     pub fn seek_data(&self, off: u64) -> Option<u64> {
         let s = self.state.read();

@@ -165,8 +165,14 @@ pub fn parse_addr(buf: &[u8]) -> FsResult<SheepAddr> {
             "config/sheep_info: expected HOST:PORT, got nothing",
         ));
     }
-    s.parse::<SheepAddr>()
-        .map_err(|e| FsError::new(libc::EINVAL, format!("config/sheep_info: {e}")))
+    let addr = s
+        .parse::<SheepAddr>()
+        .map_err(|e| FsError::new(libc::EINVAL, format!("config/sheep_info: {e}")))?;
+    if let SheepAddr::Tcp { host, .. } = &addr {
+        crate::util::check_host(host)
+            .map_err(|e| FsError::new(libc::EINVAL, format!("config/sheep_info: {e}")))?;
+    }
+    Ok(addr)
 }
 
 #[cfg(test)]
@@ -236,5 +242,8 @@ mod tests {
         );
         assert_eq!(parse_addr(b"h:0").unwrap_err().errno(), libc::EINVAL);
         assert_eq!(parse_addr(b"\n").unwrap_err().errno(), libc::EINVAL);
+        // A bare number is not host 0.0.0.2.
+        assert_eq!(parse_addr(b"2\n").unwrap_err().errno(), libc::EINVAL);
+        assert_eq!(parse_addr(b"2:7000").unwrap_err().errno(), libc::EINVAL);
     }
 }

@@ -8,6 +8,8 @@ use super::text::{self, FuseParams, VolumeInfo};
 use super::tree::{self, Attr, Control, Kind, StateFile, Static};
 use crate::client::{self, Client, LockMode, ObjectCache, OpenOptions, Options, Volume};
 use crate::dogfmt;
+use crate::proto::{cluster_flags, SdRes};
+use crate::util::logging::LogRing;
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -35,6 +37,8 @@ pub struct FsOptions {
     /// Owner shown for every file.
     pub uid: u32,
     pub gid: u32,
+    /// Recent warnings and errors, shown in the `log` file.
+    pub log: LogRing,
 }
 
 impl Default for FsOptions {
@@ -46,6 +50,7 @@ impl Default for FsOptions {
             read_only: false,
             uid: 0,
             gid: 0,
+            log: LogRing::default(),
         }
     }
 }
@@ -76,6 +81,11 @@ pub struct Attached {
     /// Opened with the `-k` object cache.
     pub client_cache: bool,
     pub attached_at: SystemTime,
+    /// Whether sheep enforces the VDI lock we hold (clusters formatted
+    /// with `-l`); read-only attachments take none.
+    pub locking: Locking,
+    /// Last write, discard or resize through this mount (ns since the epoch).
+    modified: AtomicU64,
     open: AtomicUsize,
     fsyncs: AtomicU64,
     discards: AtomicU64,
@@ -104,6 +114,16 @@ impl Attached {
         self.open.load(Ordering::Acquire)
     }
 
+    /// Marks the content changed now (mtime/ctime of the volume file).
+    fn touch(&self) {
+        self.modified
+            .store(unix_nanos(SystemTime::now()), Ordering::Relaxed);
+    }
+
+    fn modified(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_nanos(self.modified.load(Ordering::Relaxed))
+    }
+
     fn stats_text(&self, object_cache: bool) -> Vec<u8> {
         let info = VolumeInfo {
             file: &self.file,
@@ -118,8 +138,92 @@ impl Attached {
             open_files: self.open_files(),
             fsyncs: self.fsyncs.load(Ordering::Relaxed),
             discards: self.discards.load(Ordering::Relaxed),
+            locking: self.locking.as_str(),
         };
         text::volume_stats(&info, &self.vol.stats()).into_bytes()
+    }
+}
+
+/// Whether the lock of an attachment means anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locking {
+    /// sheep enforces it: no other client can attach the VDI read-write.
+    On,
+    /// The cluster was formatted without `-l`: the lock is not enforced.
+    Off,
+    /// Read-only attachment: no lock taken.
+    None,
+}
+
+impl Locking {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Locking::On => "on",
+            Locking::Off => "off",
+            Locking::None => "none (read-only)",
+        }
+    }
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Options of a one-shot probe client: one connection, no retrying, at
+/// most 10 s for the answer.
+pub fn probe_options(o: &Options) -> Options {
+    Options {
+        connections: 1,
+        retry_timeout: Duration::ZERO,
+        request_timeout: o.request_timeout.min(Duration::from_secs(10)),
+        ..o.clone()
+    }
+}
+
+/// What a sheep said when probed (see [`probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// false: "Waiting for cluster to be formatted".
+    pub formatted: bool,
+}
+
+/// Checks that `client`'s address is a sheep: it must answer STAT_CLUSTER
+/// (any result; an unformatted cluster is a sheep too). A port that merely
+/// accepts TCP (an iSCSI portal, a web server) is refused. The errno says
+/// why: the connect errno, ETIMEDOUT (no answer) or EPROTO (not a sheep).
+pub async fn probe(client: &Client) -> FsResult<Probe> {
+    let addr = client.addr();
+    match client.stat_cluster(0, 1).await {
+        Ok((res, _, _)) => Ok(Probe {
+            formatted: res != SdRes::WAIT_FOR_FORMAT,
+        }),
+        Err(client::Error::Connect { source, .. }) => Err(FsError::new(
+            source.raw_os_error().unwrap_or(libc::EIO),
+            format!("cannot connect to sheep at {addr}: {source}; is sheep running there?"),
+        )),
+        Err(client::Error::Timeout { secs, .. }) => Err(FsError::new(
+            libc::ETIMEDOUT,
+            format!(
+                "{addr} accepted a connection but did not answer a sheep request within                  {secs} s; is it a sheep's port (default 7000)?"
+            ),
+        )),
+        Err(e) => Err(FsError::new(
+            libc::EPROTO,
+            format!(
+                "{addr} does not answer as a sheep ({}); is it a sheep's port (default 7000)?",
+                short_cause(&e)
+            ),
+        )),
+    }
+}
+
+/// The cause of a transport error without the address it already names.
+fn short_cause(e: &client::Error) -> String {
+    match e {
+        client::Error::Io { source, .. } => source.to_string(),
+        client::Error::Protocol { what, .. } => what.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -167,6 +271,10 @@ pub struct FsCore {
     mounted_at: SystemTime,
     fuse: RwLock<FuseParams>,
     invalidator: RwLock<Option<Arc<dyn Invalidator>>>,
+    /// Whether the cluster enforces VDI locks (asked once, at the first
+    /// read-write attach).
+    cluster_locking: tokio::sync::OnceCell<bool>,
+    warned_no_locking: AtomicBool,
 }
 
 fn slice_at(t: &[u8], off: u64, size: u32) -> Vec<u8> {
@@ -202,6 +310,8 @@ impl FsCore {
             mounted_at: SystemTime::now(),
             fuse: RwLock::new(FuseParams::default()),
             invalidator: RwLock::new(None),
+            cluster_locking: tokio::sync::OnceCell::new(),
+            warned_no_locking: AtomicBool::new(false),
         }
     }
 
@@ -247,6 +357,7 @@ impl FsCore {
             gid: self.opts.gid,
             mtime: self.mounted_at,
             ctime: self.mounted_at,
+            stored: None,
             ttl,
         }
     }
@@ -260,8 +371,10 @@ impl FsCore {
             VOLUME_TTL,
         );
         at.blksize = u32::try_from(a.vol.object_size()).unwrap_or(u32::MAX);
-        at.mtime = a.attached_at;
-        at.ctime = a.attached_at;
+        // What `du` shows matches the Used column of `vdi list`.
+        at.stored = Some(a.vol.own_objects().saturating_mul(a.vol.object_size()));
+        at.mtime = a.modified();
+        at.ctime = at.mtime;
         at
     }
 
@@ -336,9 +449,22 @@ impl FsCore {
             (StateFile::NodeInfo, false) => dogfmt::node_info(c, false).await,
             (StateFile::NodeInfo, true) => dogfmt::node_info_json(c).await,
             (StateFile::Fuse, _) => Ok(self.fuse.read().render(self.page_cache())),
+            (StateFile::Log, _) => Ok(self.opts.log.text()),
         };
-        r.map(String::into_bytes)
-            .map_err(|e| FsError::client("cannot produce it", e))
+        match r {
+            Ok(t) => Ok(t.into_bytes()),
+            // What dog prints on a cluster that is not formatted yet.
+            Err(e) if e.is(SdRes::WAIT_FOR_FORMAT) || self.unformatted().await => {
+                Ok(format!("{}\n", client::Error::sheep(0, SdRes::WAIT_FOR_FORMAT)).into_bytes())
+            }
+            Err(e) => Err(FsError::client("cannot produce it", e)),
+        }
+    }
+
+    /// Is the cluster waiting to be formatted? (Asked only after a state
+    /// file failed, to explain why.)
+    async fn unformatted(&self) -> bool {
+        matches!(self.client.stat_cluster(0, 1).await, Ok((r, _, _)) if r == SdRes::WAIT_FOR_FORMAT)
     }
 
     fn control_text(&self, c: Control) -> Vec<u8> {
@@ -632,6 +758,7 @@ impl FsCore {
                 e,
             )
         })?;
+        a.touch();
         Ok(n as u32)
     }
 
@@ -688,6 +815,7 @@ impl FsCore {
                 e,
             )
         })?;
+        a.touch();
         info!(volume = %a.file, old = size, new, "volume resized");
         Ok(())
     }
@@ -743,6 +871,7 @@ impl FsCore {
         } else {
             a.vol.write_zeroes(off, end - off).await
         };
+        a.touch();
         r.map_err(|e| {
             FsError::client(
                 format_args!(
@@ -781,10 +910,11 @@ impl FsCore {
 
     /// (total bytes, free bytes) of the sheep we talk to.
     pub async fn statfs(&self) -> FsResult<(u64, u64)> {
-        self.client
-            .stat_sheep()
-            .await
-            .map_err(|e| FsError::client("statfs", e))
+        match self.client.stat_sheep().await {
+            // Nothing stored yet: `df` shows an empty filesystem.
+            Err(e) if e.is(SdRes::WAIT_FOR_FORMAT) => Ok((0, 0)),
+            r => r.map_err(|e| FsError::client("statfs", e)),
+        }
     }
 
     // ------------------------------------------------------------ control files
@@ -845,6 +975,13 @@ impl FsCore {
             return Ok(());
         }
         let read_only = spec.is_snapshot() || self.opts.read_only;
+        let locking = if read_only {
+            Locking::None
+        } else if self.cluster_locks().await {
+            Locking::On
+        } else {
+            Locking::Off
+        };
         let client_cache = self.page_cache();
         let opts = OpenOptions {
             snapshot: spec.sel.clone(),
@@ -859,10 +996,22 @@ impl FsCore {
             cache: client_cache.then(|| self.cache.clone()),
             dog_requests: false,
         };
-        let vol = Volume::open(self.client.clone(), &spec.vdi, opts)
-            .await
-            .map_err(|e| FsError::client(format_args!("attach of VDI '{file}'"), e))?;
-        let vol = Arc::new(vol);
+        let vol = match Volume::open(self.client.clone(), &spec.vdi, opts).await {
+            Ok(v) => Arc::new(v),
+            Err(e) if e.is(SdRes::VDI_LOCKED) => return Err(self.locked_error(spec).await),
+            Err(e) => return Err(FsError::client(format_args!("attach of VDI '{file}'"), e)),
+        };
+        // The -k cache skips objects too big for it: say so instead of
+        // showing it on in stats/.
+        let client_cache = client_cache && vol.cache().is_some();
+        if self.page_cache() && !client_cache {
+            warn!(
+                "volume {file}: its objects ({} bytes) are too big for the -k cache \
+                 ({} bytes, which must hold 4); it is not cached (raise --cache-size)",
+                vol.object_size(),
+                self.opts.cache_size
+            );
+        }
         let a = {
             let mut v = self.volumes.write();
             let ino = v.next_ino;
@@ -875,6 +1024,8 @@ impl FsCore {
                 read_only: read_only || vol.is_read_only(),
                 client_cache,
                 attached_at: SystemTime::now(),
+                locking,
+                modified: AtomicU64::new(unix_nanos(SystemTime::now())),
                 open: AtomicUsize::new(0),
                 fsyncs: AtomicU64::new(0),
                 discards: AtomicU64::new(0),
@@ -894,6 +1045,66 @@ impl FsCore {
             "attached"
         );
         Ok(())
+    }
+
+    /// Does the cluster enforce VDI locks (formatted with `-l`)? Asked once;
+    /// the first read-write attach on a cluster without locking warns.
+    async fn cluster_locks(&self) -> bool {
+        // Remembered only once known: an unformatted cluster (ctime 0) or
+        // a failed request is asked again next time; meanwhile the attach
+        // itself reports any real trouble.
+        let known = self
+            .cluster_locking
+            .get_or_try_init(|| async {
+                match self.client.cluster_info().await {
+                    Ok(ci) if ci.ctime != 0 => Ok(ci.flags & cluster_flags::USE_LOCK != 0),
+                    Ok(_) => Err(()),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot ask whether the cluster locks VDIs");
+                        Err(())
+                    }
+                }
+            })
+            .await;
+        let on = known.map_or(true, |&on| on);
+        if !on && !self.warned_no_locking.swap(true, Ordering::AcqRel) {
+            warn!(
+                "the cluster at {} was formatted without VDI locking (-l): nothing stops \
+                 another client from attaching the same VDI read-write and corrupting it \
+                 (stats/NAME shows 'locking: off'); format new clusters with \
+                 `sheepctl cluster format -l`",
+                self.client.addr()
+            );
+        }
+        on
+    }
+
+    /// EBUSY for a VDI locked by someone else: who (as far as sheep
+    /// knows) and how to recover if that client is gone.
+    async fn locked_error(&self, spec: &VolumeSpec) -> FsError {
+        let vdi = &spec.vdi;
+        let holder = match self.client.vdi_lookup(vdi, &spec.sel).await {
+            Ok(id) => match self.client.vdi_copies().await {
+                Ok(states) => states
+                    .iter()
+                    .find(|s| s.vid == id.vid)
+                    .map(|s| s.lock_owner.to_addr_port()),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        let by = match holder {
+            Some(h) => format!("locked by another client (lock held at sheep {h})"),
+            None => "locked by another client".to_string(),
+        };
+        FsError::new(
+            libc::EBUSY,
+            format!(
+                "attach of VDI '{}': {by}; if that client is gone, release the lock with \
+                 `sheepctl vdi lock unlock {vdi}`",
+                spec.file_name()
+            ),
+        )
     }
 
     /// Detaches `volume/<file>`: flushes, releases the VDI lock. Refused
@@ -986,16 +1197,10 @@ impl FsCore {
 
     async fn set_sheep(&self, addr: client::SheepAddr) -> FsResult<()> {
         // Probe first so that a typo does not cut every volume off.
-        let mut o: Options = self.client.options().clone();
-        o.connections = 1;
-        let probe = Client::connect(addr.clone(), o).await.map_err(|e| {
-            let errno = match &e {
-                client::Error::Connect { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-                other => other.errno(),
-            };
-            FsError::new(errno, format!("config/sheep_info: {e}"))
-        })?;
-        probe.close().await;
+        let c = Client::new(addr.clone(), probe_options(self.client.options()));
+        let r = probe(&c).await;
+        c.close().await;
+        r.map_err(|e| FsError::new(e.errno(), format!("config/sheep_info: {e}")))?;
         let old = self.client.addr();
         self.client.set_addr(addr.clone()).await;
         info!(old = %old, new = %addr, "sheep address changed; volumes reconnect");

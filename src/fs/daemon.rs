@@ -1,11 +1,9 @@
 //! Running in the background: fork before any thread exists, let the parent
-//! wait until the child reports that the mount is up (or why it is not),
-//! and log to syslog from then on.
+//! wait until the child reports that the mount is up (or why it is not).
+//! The child logs to syslog when there is one (see `util::logging`).
 
-use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use tracing_subscriber::fmt::MakeWriter;
 
 /// The child's end of the report pipe.
 pub struct Ready {
@@ -14,11 +12,12 @@ pub struct Ready {
 
 /// Forks. The parent waits for the child's report and exits with 0 once
 /// the mount is up, or prints the child's error and exits with 1; it never
-/// returns. The child returns in a new session, in `/`, with stdio on
-/// /dev/null.
+/// returns. The child returns in a new session, in `/`, with stdin and
+/// stdout on /dev/null; stderr too unless `keep_stderr` (where the log goes
+/// when there is no syslog).
 ///
 /// Must be called before any thread is started (tokio, FUSE).
-pub fn daemonize() -> io::Result<Ready> {
+pub fn daemonize(keep_stderr: bool) -> io::Result<Ready> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -37,7 +36,7 @@ pub fn daemonize() -> io::Result<Ready> {
                 libc::setsid();
                 libc::chdir(c"/".as_ptr());
             }
-            redirect_stdio()?;
+            redirect_stdio(if keep_stderr { 2 } else { 3 })?;
             Ok(Ready {
                 pipe: Some(std::fs::File::from(wr)),
             })
@@ -65,13 +64,14 @@ pub fn daemonize() -> io::Result<Ready> {
     }
 }
 
-fn redirect_stdio() -> io::Result<()> {
+/// Points descriptors 0..n at /dev/null.
+fn redirect_stdio(n: i32) -> io::Result<()> {
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")?;
     use std::os::fd::AsRawFd;
-    for fd in 0..3 {
+    for fd in 0..n {
         // SAFETY: dup2 onto the standard descriptors.
         if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
             return Err(io::Error::last_os_error());
@@ -102,75 +102,5 @@ impl Ready {
 
     pub fn is_daemon(&self) -> bool {
         self.pipe.is_some()
-    }
-}
-
-/// Opens the syslog connection (ident `sheepfs`, facility daemon).
-pub fn open_syslog() {
-    // SAFETY: the ident is a static C string, as openlog requires.
-    unsafe {
-        libc::openlog(c"sheepfs".as_ptr(), libc::LOG_PID, libc::LOG_DAEMON);
-    }
-}
-
-/// A `tracing_subscriber` writer that sends each formatted event to syslog
-/// at the priority of its level.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Syslog;
-
-pub struct SyslogLine {
-    prio: libc::c_int,
-    buf: Vec<u8>,
-}
-
-impl Write for SyslogLine {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for SyslogLine {
-    fn drop(&mut self) {
-        while self.buf.last() == Some(&b'\n') {
-            self.buf.pop();
-        }
-        if self.buf.is_empty() {
-            return;
-        }
-        self.buf.retain(|&b| b != 0);
-        if let Ok(c) = CString::new(std::mem::take(&mut self.buf)) {
-            // SAFETY: "%s" with one valid C string argument.
-            unsafe {
-                libc::syslog(self.prio, c"%s".as_ptr(), c.as_ptr());
-            }
-        }
-    }
-}
-
-impl<'a> MakeWriter<'a> for Syslog {
-    type Writer = SyslogLine;
-
-    fn make_writer(&'a self) -> SyslogLine {
-        SyslogLine {
-            prio: libc::LOG_INFO,
-            buf: Vec::new(),
-        }
-    }
-
-    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> SyslogLine {
-        let prio = match *meta.level() {
-            tracing::Level::ERROR => libc::LOG_ERR,
-            tracing::Level::WARN => libc::LOG_WARNING,
-            tracing::Level::INFO => libc::LOG_INFO,
-            _ => libc::LOG_DEBUG,
-        };
-        SyslogLine {
-            prio,
-            buf: Vec::new(),
-        }
     }
 }

@@ -2,10 +2,15 @@
 //! a message for the log, and how loudly to log it.
 
 use crate::client;
+use crate::proto::SdRes;
 use std::fmt;
 use tracing::Level;
 
 pub type FsResult<T> = std::result::Result<T, FsError>;
+
+/// The errno of anything that needs a formatted cluster, on one that is not
+/// (documented in sheepfs(8)).
+pub const ERRNO_UNFORMATTED: i32 = libc::ENXIO;
 
 #[derive(Debug)]
 pub struct FsError {
@@ -34,8 +39,16 @@ impl FsError {
 
     /// A client error with context saying what we were doing, e.g.
     /// "read of volume test at 4096".
+    ///
+    /// A cluster that is not formatted yet gives ENXIO ("no such device or
+    /// address": there is no storage behind the address yet), not EIO,
+    /// which means an I/O failure.
     pub fn client(context: impl fmt::Display, e: client::Error) -> Self {
-        let errno = e.errno();
+        let errno = if e.is(SdRes::WAIT_FOR_FORMAT) {
+            ERRNO_UNFORMATTED
+        } else {
+            e.errno()
+        };
         // Transport trouble and corrupt replies deserve ERROR; a sheep
         // refusing a request (no such VDI, locked...) is a WARN.
         let level = if errno == libc::EIO {
@@ -81,6 +94,11 @@ impl FsError {
 impl fmt::Display for FsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.source {
+            Some(e) if e.is(SdRes::WAIT_FOR_FORMAT) => write!(
+                f,
+                "{}: {e}; format it first: sheepctl cluster format -l",
+                self.msg
+            ),
             Some(e) => write!(f, "{}: {}", self.msg, e),
             None => f.write_str(&self.msg),
         }
@@ -113,5 +131,11 @@ mod tests {
         assert_eq!(e.errno(), libc::EIO);
         assert_eq!(e.level(), Level::ERROR);
         assert_eq!(FsError::quiet(libc::ENOENT, "x").level(), Level::DEBUG);
+        let e = FsError::client(
+            "attach of VDI 'x'",
+            client::Error::sheep(op::LOCK_VDI, SdRes::WAIT_FOR_FORMAT),
+        );
+        assert_eq!(e.errno(), libc::ENXIO);
+        assert!(e.to_string().contains("sheepctl cluster format"), "{e}");
     }
 }

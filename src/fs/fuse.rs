@@ -31,6 +31,8 @@ pub struct MountConfig {
     /// Threads reading `/dev/fuse`.
     pub threads: usize,
     pub allow_other: bool,
+    /// The source column of /proc/mounts (the sheep's address).
+    pub fsname: String,
 }
 
 impl Default for MountConfig {
@@ -38,6 +40,7 @@ impl Default for MountConfig {
         MountConfig {
             threads: 4,
             allow_other: false,
+            fsname: "sheepfs".into(),
         }
     }
 }
@@ -89,6 +92,8 @@ pub struct FuseAdapter {
     rt: tokio::runtime::Handle,
     inflight: Arc<Inflight>,
     cfg: MountConfig,
+    /// The session's mount, taken in `destroy` (see there).
+    unmounter: Arc<parking_lot::Mutex<Option<fuser::SessionUnmounter>>>,
 }
 
 fn errno(e: FsError) -> Errno {
@@ -171,6 +176,7 @@ impl FuseAdapter {
             rt,
             inflight: Arc::new(Inflight::default()),
             cfg,
+            unmounter: Arc::default(),
         }
     }
 
@@ -199,16 +205,51 @@ impl FuseAdapter {
     }
 }
 
+/// Takes a mount made by [`mount`] down (from a signal handler, say).
+pub enum Unmounter {
+    /// Mounted by fuser (through fusermount3 when not root).
+    Fuser(fuser::SessionUnmounter),
+    /// Mounted by us with mount(2).
+    Direct(std::path::PathBuf),
+}
+
+impl Unmounter {
+    /// umount(2); EBUSY (open files, a loop device) is for the caller to
+    /// handle, e.g. with a lazy unmount.
+    pub fn unmount(&mut self) -> std::io::Result<()> {
+        match self {
+            Unmounter::Fuser(u) => u.unmount(),
+            Unmounter::Direct(p) => umount2(p, 0),
+        }
+    }
+}
+
+/// umount2(2) of `p` with `flags`.
+pub fn umount2(p: &Path, flags: i32) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a valid C string path.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Mounts `core` at `mountpoint` (mount + FUSE INIT done when this returns).
+///
+/// As root we call mount(2) ourselves with type `fuse.sheepfs`, so that
+/// /proc/mounts, `df -T` and `umount -t` see the subtype (fuser's own
+/// mount(2) drops it); otherwise fuser mounts through fusermount3.
 pub fn mount(
     core: Arc<FsCore>,
     rt: tokio::runtime::Handle,
     mountpoint: &Path,
     cfg: MountConfig,
-) -> std::io::Result<Session<FuseAdapter>> {
+) -> std::io::Result<(Session<FuseAdapter>, Unmounter)> {
     let mut config = Config::default();
     config.mount_options = vec![
-        MountOption::FSName("sheepfs".into()),
+        MountOption::FSName(cfg.fsname.clone()),
         MountOption::Subtype("sheepfs".into()),
         MountOption::NoDev,
         MountOption::NoSuid,
@@ -221,10 +262,77 @@ pub fn mount(
     config.n_threads = Some(cfg.threads.max(1));
     // One /dev/fuse fd per thread: the kernel spreads requests over them.
     config.clone_fd = true;
+    let direct = mount_direct(mountpoint, &cfg.fsname, cfg.allow_other)?;
+    let acl = config.acl;
     let adapter = FuseAdapter::new(core.clone(), rt, cfg);
-    let session = Session::new(adapter, mountpoint, &config)?;
+    let (session, un) = match direct {
+        Some(fd) => match Session::from_fd(adapter, fd, acl, config) {
+            Ok(s) => (s, Unmounter::Direct(mountpoint.to_path_buf())),
+            Err(e) => {
+                let _ = umount2(mountpoint, libc::MNT_DETACH);
+                return Err(e);
+            }
+        },
+        None => {
+            let unmounter = adapter.unmounter.clone();
+            let mut session = Session::new(adapter, mountpoint, &config)?;
+            *unmounter.lock() = Some(session.unmount_callable());
+            let un = Unmounter::Fuser(session.unmount_callable());
+            (session, un)
+        }
+    };
     core.set_invalidator(Arc::new(KernelInvalidator(session.notifier())));
-    Ok(session)
+    Ok((session, un))
+}
+
+/// mount(2) of a fresh /dev/fuse connection as `fuse.sheepfs`; `None` when
+/// not permitted (not root: fuser then goes through fusermount3).
+fn mount_direct(
+    mountpoint: &Path,
+    fsname: &str,
+    allow_other: bool,
+) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let dev = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let inval = || std::io::Error::from_raw_os_error(libc::EINVAL);
+    let target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(|_| inval())?;
+    let source = CString::new(fsname).map_err(|_| inval())?;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let data = CString::new(format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid}{}",
+        dev.as_raw_fd(),
+        if allow_other { ",allow_other" } else { "" }
+    ))
+    .map_err(|_| inval())?;
+    // SAFETY: valid C strings; data is the option string fuse expects.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            c"fuse.sheepfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EPERM) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(dev.into()))
 }
 
 /// Capabilities we ask for beyond fuser's defaults (ASYNC_READ, BIG_WRITES,
@@ -297,6 +405,16 @@ impl Filesystem for FuseAdapter {
     }
 
     fn destroy(&mut self) {
+        // Usually the mount is gone already (umount from outside): taking
+        // it here keeps fuser from unmounting it again when the session
+        // ends and warning "Invalid argument" on every clean unmount.
+        if let Some(mut un) = self.unmounter.lock().take() {
+            if let Err(e) = un.unmount() {
+                if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) {
+                    tracing::warn!("unmount at the end of the session: {e}");
+                }
+            }
+        }
         let core = self.core.clone();
         let inflight = self.inflight.clone();
         self.rt.block_on(async move {

@@ -8,7 +8,8 @@
 //! - [`fuse`]: the thin `fuser::Filesystem` adapter; each request is a task
 //!   on the tokio runtime that calls the core and replies when done.
 //! - [`error::FsError`]: the one error type at this boundary (errno + message).
-//! - [`daemon`]: backgrounding after the mount is up, and syslog logging.
+//! - [`daemon`]: backgrounding after the mount is up.
+//! - [`mountopt`]: `mount -t sheepfs` options into sheepfs flags.
 //!
 //! The tree:
 //! ```text
@@ -22,6 +23,7 @@
 //! config/object_cache   0/1 (-o)
 //! config/sheep_info     HOST:PORT; writing it reconnects every volume
 //! config/fuse           negotiated FUSE parameters
+//! log                   recent warnings and errors of this mount
 //! volume/<name>         the VDI as one file
 //! stats/<name>          counters and latencies of that volume
 //! ```
@@ -30,6 +32,7 @@ pub mod core;
 pub mod daemon;
 pub mod error;
 pub mod fuse;
+pub mod mountopt;
 pub mod text;
 pub mod tree;
 

@@ -20,6 +20,8 @@ pub struct VolumeInfo<'a> {
     pub open_files: usize,
     pub fsyncs: u64,
     pub discards: u64,
+    /// `on`, `off` (cluster formatted without `-l`) or `none (read-only)`.
+    pub locking: &'a str,
 }
 
 /// `key: value` lines, stable names, so scripts can `grep`/`awk` them.
@@ -38,6 +40,7 @@ pub fn volume_stats(i: &VolumeInfo<'_>, s: &VolumeStats) -> String {
     let _ = writeln!(o, "size: {}", i.size);
     let _ = writeln!(o, "object_size: {}", i.object_size);
     let _ = writeln!(o, "read_only: {}", b(i.read_only));
+    let _ = writeln!(o, "locking: {}", i.locking);
     let _ = writeln!(o, "page_cache: {}", b(i.client_cache));
     let _ = writeln!(o, "object_cache: {}", b(i.object_cache));
     let _ = writeln!(o, "open_files: {}", i.open_files);
@@ -122,6 +125,7 @@ mod tests {
             open_files: 2,
             fsyncs: 0,
             discards: 0,
+            locking: "off",
         };
         let s = VolumeStats {
             reads: 3,
@@ -132,6 +136,7 @@ mod tests {
         assert!(t.contains("vid: 7c2b25\n"));
         assert!(t.contains("snapshot: tag s1\n"));
         assert!(t.contains("read_only: 1\n"));
+        assert!(t.contains("locking: off\n"));
         assert!(t.contains("reads: 3\n"));
         assert!(t.contains("read_latency_us_p99: 3\n"));
         assert!(t.contains("write_latency_us_max: 0\n"));

@@ -25,6 +25,8 @@ pub enum StateFile {
     NodeInfo,
     /// `config/fuse`: the negotiated FUSE parameters.
     Fuse,
+    /// `log`: recent warnings and errors of this mount.
+    Log,
 }
 
 /// Files that act when written.
@@ -92,6 +94,7 @@ pub static ENTRIES: &[Entry] = &[
     e(21, DIR_CONFIG, "object_cache", C(Control::ObjectCache)),
     e(22, DIR_CONFIG, "sheep_info", C(Control::SheepInfo)),
     e(23, DIR_CONFIG, "fuse", S(StateFile::Fuse, false)),
+    e(24, ROOT, "log", S(StateFile::Log, false)),
 ];
 
 pub fn entry(ino: u64) -> Option<&'static Entry> {
@@ -136,13 +139,17 @@ pub struct Attr {
     pub gid: u32,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
+    /// Bytes actually stored, when that differs from `size` (volumes:
+    /// their own allocated objects).
+    pub stored: Option<u64>,
     /// How long the kernel may cache this attribute.
     pub ttl: Duration,
 }
 
 impl Attr {
+    /// `st_blocks`: 512-byte units stored.
     pub fn blocks(&self) -> u64 {
-        self.size.div_ceil(512)
+        self.stored.unwrap_or(self.size).div_ceil(512)
     }
     pub fn nlink(&self) -> u32 {
         match self.kind {
@@ -170,7 +177,7 @@ mod tests {
         }
         assert_eq!(child(DIR_VDI, "mount").map(|e| e.ino), Some(14));
         assert!(child(ROOT, "").is_none());
-        assert_eq!(children(ROOT).count(), 6);
+        assert_eq!(children(ROOT).count(), 7);
         assert!(is_volume_ino(FIRST_DYNAMIC) && is_stats_ino(FIRST_DYNAMIC + 1));
     }
 }

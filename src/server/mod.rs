@@ -156,7 +156,7 @@ fn raise_nofile() {
     }
 }
 
-/// Runs the server until SIGTERM/SIGINT or SD_OP_SHUTDOWN, then stops cleanly:
+/// Runs the server until SIGTERM/SIGINT/SIGHUP or SD_OP_SHUTDOWN, then stops cleanly:
 /// in-flight requests finish, cached writes are synced, the socket file is
 /// removed.
 pub async fn run(cfg: Config) -> Result<(), ServerError> {
@@ -213,6 +213,11 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         .map_err(|e| ServerError::Other(format!("cannot install SIGTERM handler: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| ServerError::Other(format!("cannot install SIGINT handler: {e}")))?;
+    // SIGHUP (a closed terminal, a careless `kill -HUP`) stops cleanly too:
+    // there is nothing to reload.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| ServerError::Other(format!("cannot install SIGHUP handler: {e}")))?;
+    crate::util::notify::ready();
     loop {
         while conns.try_join_next().is_some() {}
         tokio::select! {
@@ -243,10 +248,15 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
                 tracing::info!("SIGINT: stopping");
                 break;
             }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: stopping");
+                break;
+            }
             _ = stop_rx.changed() => break,
         }
     }
     // Stop: no new connections or requests; let in-flight ones finish.
+    crate::util::notify::stopping();
     drop(tcp);
     drop(unix);
     let _ = ctx.stop.send(true);
