@@ -135,6 +135,15 @@ impl FlatMap {
         self.len = len;
     }
 
+    /// How many entries equal `vid` (not 0); unset pages cost nothing.
+    pub fn count(&self, vid: u32) -> usize {
+        self.pages
+            .iter()
+            .flatten()
+            .map(|p| p.iter().filter(|&&x| x == vid).count())
+            .sum()
+    }
+
     /// The first set entry at or after `from`.
     pub fn next_allocated(&self, from: u64) -> Option<u64> {
         let mut i = usize::try_from(from).ok()?;

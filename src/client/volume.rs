@@ -746,7 +746,7 @@ impl Volume {
         let s = self.state.read();
         let vid = s.header.vdi_id;
         let n = match &s.map {
-            DataMap::Flat(v) => v.iter().filter(|&&x| x == vid).count(),
+            DataMap::Flat(v) => v.count(vid),
             DataMap::Btree(t) => t.entries().iter().filter(|e| e.1 == vid).count(),
         };
         n as u64
