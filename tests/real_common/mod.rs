@@ -46,8 +46,9 @@ pub fn prefix() -> Option<&'static Path> {
     let r = PREFIX.get_or_init(|| match real_sheep(&["build"]) {
         (0, out, _) => Ok(Some(PathBuf::from(out))),
         (3, _, err) => {
-            // The script's own "skipped: no upstream sheepdog source at ..."
-            eprintln!("{err}");
+            // The script's own "skipped: no upstream sheepdog source at
+            // ...", written past libtest's capture so that it always shows.
+            let _ = writeln!(std::io::stderr(), "{err}");
             Ok(None)
         }
         (code, _, err) => Err(format!(
