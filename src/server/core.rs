@@ -359,6 +359,13 @@ impl Sheep {
 
     fn dispatch(&self, req: &Req) -> Reply {
         let h = &req.hdr;
+        // A write that announces no data (no CMD_WRITE) is refused, as sheep
+        // does, before the object is even looked up.
+        if matches!(h.opcode, op::WRITE_OBJ | op::CREATE_AND_WRITE_OBJ)
+            && h.flags & flags::CMD_WRITE == 0
+        {
+            return Reply::res(SdRes::INVALID_PARMS);
+        }
         match h.opcode {
             op::READ_OBJ | OP_READ_PEER => from_res(self.read_obj(req)),
             op::WRITE_OBJ | OP_WRITE_PEER => from_res(self.write_obj(req).map(|_| Reply::ok())),

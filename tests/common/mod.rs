@@ -257,8 +257,20 @@ pub fn sha(b: &[u8]) -> [u8; 32] {
 /// Runs sheepctl with exactly `args` (dog's address variables removed, `env`
 /// added), feeding it `stdin`; killed and a panic after `limit`.
 pub fn run_sheepctl(args: &[&str], stdin: &[u8], env: &[(&str, &str)], limit: Duration) -> Out {
+    run_prog(&bin("sheepctl"), args, stdin, env, limit)
+}
+
+/// Runs `prog` (sheepctl, or real dog in the interop tests) like
+/// [`run_sheepctl`].
+pub fn run_prog(
+    prog: &Path,
+    args: &[&str],
+    stdin: &[u8],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> Out {
     use std::io::{Read, Write};
-    let mut c = Command::new(bin("sheepctl"))
+    let mut c = Command::new(prog)
         .args(args)
         .envs(env.iter().copied())
         .env_remove("SHEEPDOG_DOG_ADDR")
@@ -267,7 +279,7 @@ pub fn run_sheepctl(args: &[&str], stdin: &[u8], env: &[(&str, &str)], limit: Du
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn sheepctl");
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", prog.display()));
     let mut si = c.stdin.take().expect("stdin");
     let data = stdin.to_vec();
     let w = std::thread::spawn(move || {
@@ -287,13 +299,13 @@ pub fn run_sheepctl(args: &[&str], stdin: &[u8], env: &[(&str, &str)], limit: Du
     });
     let deadline = Instant::now() + limit;
     let status = loop {
-        if let Some(s) = c.try_wait().expect("wait for sheepctl") {
+        if let Some(s) = c.try_wait().expect("wait for the child") {
             break s;
         }
         if Instant::now() > deadline {
             let _ = c.kill();
             let _ = c.wait();
-            panic!("sheepctl {args:?} did not finish in {limit:?}");
+            panic!("{} {args:?} did not finish in {limit:?}", prog.display());
         }
         std::thread::sleep(Duration::from_millis(5));
     };
