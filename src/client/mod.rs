@@ -7,16 +7,19 @@
 //!   locking, snapshots taken underneath, optional object cache).
 
 mod addr;
+pub mod admin;
 pub mod cache;
 mod conn;
+mod dogmap;
 mod error;
 mod ops;
 mod pool;
 pub mod volume;
 
 pub use addr::{parse_port, SheepAddr};
+pub use admin::{CreateOptions, DeleteOptions, ProgressFn, Step};
 pub use cache::ObjectCache;
 pub use error::{Error, Result};
-pub use ops::{CreateOptions, DataMap, Inode, VdiEntry, VdiId};
+pub use ops::{DataMap, Inode, VdiEntry, VdiId};
 pub use pool::{Client, Options, Request, Response};
 pub use volume::{LockMode, OpenOptions, SnapSel, Volume, VolumeStats};

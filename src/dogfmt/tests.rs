@@ -5,8 +5,7 @@ use super::*;
 use crate::proto::node::{NodeId, SdNode};
 
 fn steps() -> Vec<serde_json::Value> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/steps.jsonl");
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/steps.jsonl");
     let text = std::fs::read_to_string(&p).expect("steps.jsonl");
     text.lines()
         .map(|l| serde_json::from_str(l).expect("json line"))

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -1113,4 +1113,3 @@ pub fn tally(r: &[(String, Outcome)]) -> (usize, usize, usize) {
     let c = |o| r.iter().filter(|(_, x)| *x == o).count();
     (c(Outcome::Pass), c(Outcome::Fail), c(Outcome::Skip))
 }
-
