@@ -1,6 +1,10 @@
 //! sheep-bench: drives the client library directly (no FUSE, no iSCSI) with a
 //! fio-like workload and prints one JSON line of results. Used by
 //! scripts/bench-client and as the "client" anchor of scripts/bench-sheepfs.
+//! Two more modes serve scripts/bench-scale: `--rw create` makes `--count`
+//! VDIs named `--vdi` + number, `--depth` at a time; `--rw list` renders
+//! `vdi list` with `--depth` VDIs in flight (1: one request at a time, as
+//! dog does).
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -19,12 +23,16 @@ struct Args {
     /// Sheep address: HOST[:PORT], tcp:HOST:PORT or unix:PATH.
     #[arg(short, long, default_value = "127.0.0.1:7000")]
     addr: String,
-    /// VDI to use (must exist and be at least --size bytes).
-    #[arg(long)]
+    /// VDI to use (must exist and be at least --size bytes); the name
+    /// prefix with `--rw create`.
+    #[arg(long, default_value = "")]
     vdi: String,
-    /// write | read | randread | randwrite
+    /// write | read | randread | randwrite | create | list
     #[arg(long)]
     rw: String,
+    /// VDIs to make (`--rw create`).
+    #[arg(long, default_value_t = 1)]
+    count: usize,
     /// Block size (K/M suffixes).
     #[arg(long, default_value = "4M")]
     bs: String,
@@ -65,6 +73,11 @@ async fn main() -> Result<()> {
             ..Default::default()
         },
     );
+    match a.rw.as_str() {
+        "create" => return create_mode(&client, &a, size).await,
+        "list" => return list_mode(&client, a.depth).await,
+        _ => {}
+    }
     let vol = Arc::new(
         Volume::open(
             client,
@@ -129,6 +142,58 @@ async fn main() -> Result<()> {
             "iops": n as f64 / secs,
             "mbps": n as f64 * bs as f64 / secs / 1e6,
         })
+    );
+    Ok(())
+}
+
+/// `--rw create`: `--count` thin VDIs of `size` bytes, `--depth` at a time.
+async fn create_mode(client: &Client, a: &Args, size: u64) -> Result<()> {
+    use futures::StreamExt;
+    let opts = sheepfs::client::CreateOptions::default();
+    let start = Instant::now();
+    let mut made = futures::stream::iter(0..a.count)
+        .map(|i| {
+            let name = format!("{}{i}", a.vdi);
+            let opts = &opts;
+            async move {
+                client
+                    .create_vdi(&name, size, opts)
+                    .await
+                    .with_context(|| format!("creating VDI {name}"))
+            }
+        })
+        .buffer_unordered(a.depth.max(1));
+    while let Some(r) = made.next().await {
+        r?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"rw": "create", "count": a.count, "depth": a.depth, "secs": secs})
+    );
+    Ok(())
+}
+
+/// `--rw list`: the text of `vdi list`, `window` VDIs in flight.
+async fn list_mode(client: &Client, window: usize) -> Result<()> {
+    use futures::StreamExt;
+    let start = Instant::now();
+    let vids = client.live_vids().await?;
+    let opts = sheepfs::client::ScanOptions {
+        window: window.max(1),
+        ..Default::default()
+    };
+    let mut rows = std::pin::pin!(client.scan_vdis(vids, opts));
+    let (mut text, mut n) = (String::new(), 0usize);
+    while let Some(r) = rows.next().await {
+        let v = r.map_err(|e| anyhow::anyhow!("reading inode of vid {:x}: {}", e.vid, e.error))?;
+        text.push_str(&sheepfs::dogfmt::vdi_list_row(&v.entry, false));
+        n += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({"rw": "list", "depth": window, "vdis": n, "bytes": text.len(), "secs": secs})
     );
     Ok(())
 }

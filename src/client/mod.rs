@@ -3,6 +3,7 @@
 //! - [`SheepAddr`]: where sheep listens (`tcp:HOST:PORT`, `unix:PATH`).
 //! - [`Client`]: a small pool of pipelined connections with per-request
 //!   timeouts and reconnect; raw [`Request`]s and the high-level cluster/VDI API.
+//! - [`list`]: listing VDIs with many inode reads in flight.
 //! - [`Volume`]: byte-addressed I/O on one VDI (COW, thin provisioning,
 //!   locking, snapshots taken underneath, optional object cache).
 
@@ -12,6 +13,7 @@ pub mod cache;
 mod conn;
 mod dogmap;
 mod error;
+pub mod list;
 mod ops;
 mod pool;
 pub mod volume;
@@ -20,6 +22,7 @@ pub use addr::{parse_port, SheepAddr};
 pub use admin::{CreateOptions, DeleteOptions, ProgressFn, Step};
 pub use cache::ObjectCache;
 pub use error::{Error, Result};
-pub use ops::{DataMap, Inode, VdiEntry, VdiId};
+pub use list::{ScanError, ScanItem, ScanOptions, ScanStage, ScannedVdi};
+pub use ops::{DataMap, FlatMap, Inode, VdiEntry, VdiId};
 pub use pool::{Client, Options, Request, Response};
 pub use volume::{LockMode, OpenOptions, SnapSel, Volume, VolumeStats};

@@ -30,7 +30,7 @@ pub struct VdiId {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataMap {
     /// store_policy 0: the first `nr_objs` entries of the flat array.
-    Flat(Vec<u32>),
+    Flat(FlatMap),
     /// store_policy 1 (hyper volume).
     Btree(Btree),
 }
@@ -38,24 +38,130 @@ pub enum DataMap {
 impl DataMap {
     pub fn get(&self, idx: u64) -> u32 {
         match self {
-            DataMap::Flat(v) => v.get(idx as usize).copied().unwrap_or(0),
+            DataMap::Flat(v) => v.get(idx),
             DataMap::Btree(t) => u32::try_from(idx).map(|i| t.get(i)).unwrap_or(0),
         }
     }
     /// `(idx, vid)` of every allocated entry, ascending.
     pub fn allocated(&self) -> Vec<(u64, u32)> {
         match self {
-            DataMap::Flat(v) => v
-                .iter()
-                .enumerate()
-                .filter(|(_, &vid)| vid != 0)
-                .map(|(i, &vid)| (i as u64, vid))
-                .collect(),
+            DataMap::Flat(v) => {
+                let mut out = Vec::new();
+                let mut i = 0;
+                while let Some(j) = v.next_allocated(i) {
+                    out.push((j, v.get(j)));
+                    i = j + 1;
+                }
+                out
+            }
             DataMap::Btree(t) => t
                 .entries()
                 .into_iter()
                 .map(|(i, v)| (i as u64, v))
                 .collect(),
+        }
+    }
+}
+
+/// Entries per page of a [`FlatMap`] (4 KiB).
+const PAGE: usize = 1024;
+
+/// A flat map held sparsely: pages of 1,024 entries, a page only where some
+/// entry is set. A thin 4 TiB volume's map costs 8 KiB plus 4 KiB per 4 GiB
+/// written (with 4 MiB objects), not 4 MiB, so a thousand attached volumes
+/// cost memory for what they use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlatMap {
+    pages: Vec<Option<Box<[u32; PAGE]>>>,
+    len: usize,
+}
+
+static UNSET: u32 = 0;
+
+impl FlatMap {
+    /// A map of `len` unset entries.
+    pub fn new(len: usize) -> FlatMap {
+        let mut m = FlatMap::default();
+        m.resize(len);
+        m
+    }
+
+    /// The map whose entries are `v`.
+    pub fn from_entries(v: impl ExactSizeIterator<Item = u32>) -> FlatMap {
+        let mut m = FlatMap::new(v.len());
+        for (i, e) in v.enumerate() {
+            if e != 0 {
+                m.set(i as u64, e);
+            }
+        }
+        m
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Entry `idx` (0 past the end).
+    pub fn get(&self, idx: u64) -> u32 {
+        self[idx as usize]
+    }
+
+    /// Sets entry `idx`; ignored past the end.
+    pub fn set(&mut self, idx: u64, vid: u32) {
+        let Ok(i) = usize::try_from(idx) else { return };
+        if i >= self.len {
+            return;
+        }
+        match &mut self.pages[i / PAGE] {
+            Some(p) => p[i % PAGE] = vid,
+            None if vid == 0 => {}
+            slot => slot.get_or_insert_with(|| Box::new([0; PAGE]))[i % PAGE] = vid,
+        }
+    }
+
+    /// Grows (or shrinks) to `len` entries; new entries are unset.
+    pub fn resize(&mut self, len: usize) {
+        if len < self.len {
+            for i in len..(len.div_ceil(PAGE) * PAGE).min(self.len) {
+                self.set(i as u64, 0);
+            }
+        }
+        self.pages.resize(len.div_ceil(PAGE), None);
+        self.len = len;
+    }
+
+    /// The first set entry at or after `from`.
+    pub fn next_allocated(&self, from: u64) -> Option<u64> {
+        let mut i = usize::try_from(from).ok()?;
+        while i < self.len {
+            match &self.pages[i / PAGE] {
+                None => i = (i / PAGE + 1) * PAGE,
+                Some(p) => {
+                    if p[i % PAGE] != 0 {
+                        return Some(i as u64);
+                    }
+                    i += 1;
+                }
+            }
+        }
+        None
+    }
+}
+
+impl std::ops::Index<usize> for FlatMap {
+    type Output = u32;
+    fn index(&self, i: usize) -> &u32 {
+        if i >= self.len {
+            return &UNSET;
+        }
+        match &self.pages[i / PAGE] {
+            Some(p) => &p[i % PAGE],
+            None => &UNSET,
         }
     }
 }
@@ -514,7 +620,7 @@ impl Client {
     /// The map of an inode whose first INODE_LIST_READ bytes are `head`: as
     /// dog does, reads just the part the header says is used, then parses it.
     async fn read_map(&self, ioid: u64, h: &InodeHeader, head: &[u8]) -> Result<DataMap> {
-        let len = self.map_read_len(h, &head[inode::DATA_VDI_ID_OFFSET..])?;
+        let len = super::list::map_read_len(h, &head[inode::DATA_VDI_ID_OFFSET..]);
         let area = self
             .read_obj(
                 ioid,
@@ -526,36 +632,13 @@ impl Client {
         self.parse_map(h, &area).await
     }
 
-    /// dog's `sd_inode_get_meta_size`: the bytes of the map worth reading.
-    fn map_read_len(&self, h: &InodeHeader, btree_hdr: &[u8]) -> Result<u32> {
-        if h.is_hyper() {
-            let t = inode::BtreeHeader::decode(btree_hdr);
-            let n = t.entries as usize;
-            let len = match t.depth {
-                0 | 1 => 8 + 8 * n,
-                2 => 8 + 16 * n,
-                d => {
-                    return Err(Error::Btree {
-                        vid: h.vdi_id,
-                        source: inode::BtreeError::BadDepth(d),
-                    })
-                }
-            };
-            Ok(len.min(inode::SD_INODE_DATA_INDEX_SIZE) as u32)
-        } else {
-            let max = inode::SD_INODE_SIZE - inode::SD_INODE_HEADER_SIZE - 4;
-            Ok(((h.nr_objs() as usize) * 4).min(max) as u32)
-        }
-    }
-
     async fn parse_map(&self, h: &InodeHeader, area: &[u8]) -> Result<DataMap> {
         if !h.is_hyper() {
             let n = (h.nr_objs() as usize)
                 .min(inode::SD_INODE_DATA_INDEX)
                 .min(area.len() / 4);
-            let v = (0..n)
-                .map(|i| crate::proto::bytes::get_u32(area, 4 * i))
-                .collect();
+            let v =
+                FlatMap::from_entries((0..n).map(|i| crate::proto::bytes::get_u32(area, 4 * i)));
             return Ok(DataMap::Flat(v));
         }
         let bt = |e| Error::Btree {
@@ -571,64 +654,6 @@ impl Client {
             t.add_leaf(leaf, &node).map_err(bt)?;
         }
         Ok(DataMap::Btree(t))
-    }
-
-    /// Every live VDI (working, snapshots, clones), ascending by vid, as dog lists them.
-    pub async fn list_vdis(&self) -> Result<Vec<VdiEntry>> {
-        self.list_vdis_inner(true).await
-    }
-
-    /// Headers only (no map reads): dog's `node info` scan.
-    pub async fn list_vdi_headers(&self) -> Result<Vec<InodeHeader>> {
-        Ok(self
-            .list_vdis_inner(false)
-            .await?
-            .into_iter()
-            .map(|e| e.header)
-            .collect())
-    }
-
-    async fn list_vdis_inner(&self, with_map: bool) -> Result<Vec<VdiEntry>> {
-        let inuse = self.vdi_bitmap(false).await?;
-        let deleted = self.vdi_bitmap(true).await?;
-        let mut out = Vec::new();
-        for vid in inuse.iter_set() {
-            if deleted.test(vid) {
-                continue;
-            }
-            let ioid = oid::vid_to_vdi_oid(vid);
-            let b = match self
-                .read_obj(ioid, 0, inode::INODE_LIST_READ as u32, flags::CMD_DIRECT)
-                .await
-            {
-                Ok(b) => b,
-                Err(e) if e.is(SdRes::NO_OBJ) => continue,
-                Err(e) => return Err(e),
-            };
-            let Some(header) = InodeHeader::decode(&b) else {
-                continue;
-            };
-            if header.is_deleted() {
-                continue;
-            }
-            let (mut used, mut shared) = (0, 0);
-            if with_map {
-                let map = self.read_map(ioid, &header, &b).await?;
-                for (_, v) in map.allocated() {
-                    if v == header.vdi_id {
-                        used += 1;
-                    } else {
-                        shared += 1;
-                    }
-                }
-            }
-            out.push(VdiEntry {
-                header,
-                used_objs: used,
-                shared_objs: shared,
-            });
-        }
-        Ok(out)
     }
 
     /// NEW_VDI as dog builds it (`args` without the opcode's defaults).
@@ -758,5 +783,33 @@ impl Client {
             )
             .await?;
         Ok(VdiAttr::decode(&b).map(|a| a.value).unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flat_map_is_sparse_and_exact() {
+        // A 4 TiB VDI of 4 MiB objects.
+        let mut m = FlatMap::new(1 << 20);
+        assert_eq!(m.pages.iter().filter(|p| p.is_some()).count(), 0);
+        assert_eq!((m.get(0), m[5000], m.get(1 << 40)), (0, 0, 0));
+        m.set(5000, 7);
+        m.set(1 << 20, 9); // past the end: ignored
+        m.set(9000, 0); // unset stays without a page
+        assert_eq!(m.pages.iter().filter(|p| p.is_some()).count(), 1);
+        assert_eq!((m.get(5000), m[5000]), (7, 7));
+        assert_eq!(m.next_allocated(0), Some(5000));
+        assert_eq!(m.next_allocated(5001), None);
+        let d = DataMap::Flat(m.clone());
+        assert_eq!(d.allocated(), vec![(5000, 7)]);
+        m.resize(5000);
+        assert_eq!((m.len(), m.get(5000), m.next_allocated(0)), (5000, 0, None));
+        m.resize(6000);
+        assert_eq!(m.get(5000), 0, "growing shows no stale entry");
+        let f = FlatMap::from_entries([0, 3, 0, 4].into_iter());
+        assert_eq!((f.len(), f[1], f[3], f[2]), (4, 3, 4, 0));
     }
 }

@@ -511,9 +511,7 @@ impl Volume {
             return false;
         }
         if let DataMap::Flat(v) = &mut s.map {
-            if let Some(e) = v.get_mut(idx as usize) {
-                *e = value;
-            }
+            v.set(idx, value);
         }
         true
     }
@@ -752,7 +750,7 @@ impl Volume {
         let shift = s.header.block_size_shift;
         let first = off >> shift;
         let idx = match &s.map {
-            DataMap::Flat(v) => (first..v.len() as u64).find(|&i| v[i as usize] != 0),
+            DataMap::Flat(v) => v.next_allocated(first),
             DataMap::Btree(t) => t
                 .entries()
                 .into_iter()
@@ -816,7 +814,7 @@ impl Volume {
         let n = h.nr_objs() as usize;
         if let DataMap::Flat(v) = &mut s.map {
             if v.len() < n {
-                v.resize(n, 0);
+                v.resize(n);
             }
         }
         s.header.vdi_size = new_size;

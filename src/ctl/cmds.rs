@@ -319,7 +319,7 @@ async fn node_info(ctx: &mut Ctx) -> R<i32> {
     }
     let mut total_vdi = 0u64;
     let ret = ctx
-        .parse_vdi(false, |e, _| {
+        .parse_vdi(false, None, |e, _| {
             if !e.header.is_snapshot() {
                 total_vdi = total_vdi.wrapping_add(e.header.vdi_size);
             }
@@ -341,40 +341,49 @@ async fn node_info(ctx: &mut Ctx) -> R<i32> {
 
 async fn vdi_list(ctx: &Ctx, inv: &Invocation) -> R<i32> {
     let raw = ctx.raw;
+    // Rows go out in large writes, not one write(2) per row (dog's stdio
+    // buffers a pipe the same way).
+    let mut buf = String::new();
     if !raw {
-        out(dogfmt::VDI_LIST_HEADER);
+        buf.push_str(dogfmt::VDI_LIST_HEADER);
     }
+    let emit = |buf: &mut String, e: &crate::client::VdiEntry| {
+        buf.push_str(&dogfmt::vdi_list_row(e, raw));
+        if buf.len() >= OUT_CHUNK {
+            out(buf);
+            buf.clear();
+        }
+    };
     let ret = if let Some(name) = inv.rest.first() {
-        ctx.parse_vdi(true, |e, _| {
+        ctx.parse_vdi(true, None, |e, _| {
             if e.header.name == *name {
-                out(&dogfmt::vdi_list_row(e, raw));
+                emit(&mut buf, e);
             }
         })
         .await
     } else if inv.data.oid != 0 {
         let o = inv.data.oid;
         if !oid::is_data_obj(o) {
+            out(&buf);
             return Ok(EXIT_FAILURE);
         }
         let idx = oid::oid_to_idx(o) as usize;
         let vid = oid::oid_to_vid(o);
-        ctx.parse_vdi(true, |e, area| {
-            let v = if 4 * idx + 4 <= area.len() {
-                get_u32(area, 4 * idx)
-            } else {
-                0
-            };
+        ctx.parse_vdi(true, Some(idx), |e, v| {
             if v != 0 && v == vid {
-                out(&dogfmt::vdi_list_row(e, raw));
+                emit(&mut buf, e);
             }
         })
         .await
     } else {
-        ctx.parse_vdi(true, |e, _| out(&dogfmt::vdi_list_row(e, raw)))
-            .await
+        ctx.parse_vdi(true, None, |e, _| emit(&mut buf, e)).await
     };
+    out(&buf);
     Ok(if ret < 0 { EXIT_SYSFAIL } else { EXIT_SUCCESS })
 }
+
+/// Bytes of `vdi list` output gathered before a write.
+const OUT_CHUNK: usize = 64 << 10;
 
 // ------------------------------------------------------------------ vdi create
 
@@ -1159,7 +1168,7 @@ async fn lock_list(ctx: &Ctx) -> i32 {
     };
     out(dogfmt::LOCK_LIST_HEADER);
     let ret = ctx
-        .parse_vdi(true, |e, _| {
+        .parse_vdi(true, None, |e, _| {
             let st = states
                 .binary_search_by_key(&e.header.vdi_id, |s| s.vid)
                 .ok()

@@ -3,13 +3,16 @@
 //! messages and the same request bytes.
 
 use super::{errln, Exit, EXIT_FAILURE, EXIT_SYSFAIL, R};
-use crate::client::{Client, Error, Options, Request, Response, SheepAddr, SnapSel, VdiEntry};
+use crate::client::list::live_vids;
+use crate::client::{
+    Client, Error, Options, Request, Response, ScanOptions, ScanStage, SheepAddr, SnapSel, VdiEntry,
+};
 use crate::proto::bitmap::VidBitmap;
-use crate::proto::bytes::{get_u16, get_u32};
 use crate::proto::header::ObjArgs;
-use crate::proto::inode::{self, InodeHeader, SD_INODE_HEADER_SIZE, SD_INODE_SIZE};
+use crate::proto::inode;
 use crate::proto::node::{SdNode, SD_NODE_SIZE};
-use crate::proto::{flags, oid, op, ReqHeader, SdRes, SD_MAX_NODES, VDI_BITMAP_SIZE};
+use crate::proto::{flags, op, ReqHeader, SdRes, SD_MAX_NODES, VDI_BITMAP_SIZE};
+use futures::StreamExt;
 use std::collections::HashMap;
 
 /// dog's message when the inode of a VDI or snapshot cannot be read.
@@ -221,13 +224,15 @@ impl Ctx {
 
     /// `parse_vdi`: READ_VDIS, READ_DEL_VDIS, then per live vid the inode
     /// header (4672 bytes, DIRECT) and, when `with_map`, the used part of the
-    /// data map (and B-tree leaves, for the used/shared counts). Calls `f`
-    /// for each VDI with a name, with the map area read. Returns dog's `ret`:
-    /// -1 when a bitmap could not be fetched, else the result of the last
-    /// inode read (0 = success).
-    pub async fn parse_vdi<F>(&self, with_map: bool, mut f: F) -> i64
+    /// data map (and B-tree leaves, for the used/shared counts): dog's
+    /// requests, but many VDIs in flight at once (see `client::list`). Calls
+    /// `f` in vid order for each VDI with a name, with the word at `probe`
+    /// of the map read (0 if none). Prints dog's messages for failed reads.
+    /// Returns dog's `ret`: -1 when a bitmap could not be fetched, else the
+    /// result of the last inode read (0 = success).
+    pub async fn parse_vdi<F>(&self, with_map: bool, probe: Option<usize>, mut f: F) -> i64
     where
-        F: FnMut(&VdiEntry, &[u8]),
+        F: FnMut(&VdiEntry, u32),
     {
         let mut bitmaps = Vec::new();
         for opcode in [op::READ_VDIS, op::READ_DEL_VDIS] {
@@ -242,109 +247,62 @@ impl Ctx {
             }
             bitmaps.push(VidBitmap::from_bytes(&rsp.data));
         }
-        let (inuse, deleted) = (&bitmaps[0], &bitmaps[1]);
+        let vids = live_vids(&bitmaps[0], &bitmaps[1]);
+        drop(bitmaps);
+        let opts = ScanOptions {
+            with_map,
+            probe_word: probe,
+            ..Default::default()
+        };
+        let mut rows = std::pin::pin!(self.client.scan_vdis(vids, opts));
         let mut ret: i64 = 0;
-        for vid in inuse.iter_set() {
-            if deleted.test(vid) {
-                continue;
-            }
-            let ioid = oid::vid_to_vdi_oid(vid);
-            let b = match self
-                .read_object(ioid, inode::INODE_LIST_READ as u32, 0, true)
-                .await
-            {
-                Ok(b) => b,
-                Err(r) => {
-                    errln("Failed to read inode header");
-                    ret = r.0 as i64;
-                    continue;
-                }
-            };
-            ret = 0;
-            let Some(h) = InodeHeader::decode(&b) else {
-                continue;
-            };
-            if h.raw_name[0] == 0 {
-                continue;
-            }
-            let mut area = b[SD_INODE_HEADER_SIZE..].to_vec();
-            let (mut used, mut shared) = (0, 0);
-            if with_map {
-                let len = meta_size(&h, &area);
-                match self
-                    .read_object(ioid, len, SD_INODE_HEADER_SIZE as u64, true)
-                    .await
-                {
-                    Ok(m) => area = m,
-                    Err(r) => {
-                        errln("Failed to read inode");
-                        ret = r.0 as i64;
-                        continue;
+        while let Some(item) = rows.next().await {
+            match item {
+                Ok(v) => {
+                    ret = 0;
+                    for (leaf, e) in &v.leaf_errors {
+                        match e {
+                            Error::Btree {
+                                source: inode::BtreeError::BadDepth(d),
+                                ..
+                            } => errln(&format!("This B-tree not support depth {d}")),
+                            e => {
+                                report_read_error(*leaf, e);
+                                errln(&format!("failed to read {leaf:016x}"));
+                            }
+                        }
                     }
+                    f(&v.entry, v.probe);
                 }
-                (used, shared) = self.inode_stat(&h, &area).await;
+                Err(e) => {
+                    ret = report_read_error(e.oid, &e.error).0 as i64;
+                    errln(match e.stage {
+                        ScanStage::Header => "Failed to read inode header",
+                        ScanStage::Map => "Failed to read inode",
+                    });
+                }
             }
-            let e = VdiEntry {
-                header: h,
-                used_objs: used,
-                shared_objs: shared,
-            };
-            f(&e, &area);
         }
         ret
     }
+}
 
-    /// `sd_inode_stat`: objects owned by the VDI and objects shared with others.
-    pub async fn inode_stat(&self, h: &InodeHeader, area: &[u8]) -> (u64, u64) {
-        let (mut my, mut cow) = (0u64, 0u64);
-        let mut count = |v: u32| {
-            if v == h.vdi_id {
-                my += 1;
-            } else if v != 0 {
-                cow += 1;
-            }
-        };
-        if h.store_policy == 0 {
-            let nr = h.nr_objs();
-            let n = (nr as usize).min(area.len() / 4);
-            for i in 0..n {
-                count(get_u32(area, 4 * i));
-            }
-            return (my, cow);
+/// What `dog_read_object` prints when a read fails; the result it returns
+/// (EIO for a transport failure).
+fn report_read_error(oid: u64, e: &Error) -> SdRes {
+    match e.result() {
+        Some(res) => {
+            errln(&format!(
+                "Failed to read object {oid:016x} {}",
+                res.message()
+            ));
+            res
         }
-        if area.len() < 8 {
-            return (0, 0);
+        None => {
+            report_transport(e);
+            errln(&format!("Failed to read object {oid:016x}"));
+            SdRes::EIO
         }
-        let depth = get_u16(area, 2);
-        let entries = get_u32(area, 4) as usize;
-        match depth {
-            1 => {
-                for i in 0..entries.min((area.len() - 8) / 8) {
-                    count(get_u32(area, 8 + 8 * i + 4));
-                }
-            }
-            2 => {
-                for i in 0..entries.min((area.len() - 8) / 16) {
-                    let loid = crate::proto::bytes::get_u64(area, 8 + 16 * i + 8);
-                    let leaf = match self
-                        .read_object(loid, inode::BTREE_NODE_SIZE as u32, 0, true)
-                        .await
-                    {
-                        Ok(l) => l,
-                        Err(_) => {
-                            errln(&format!("failed to read {loid:016x}"));
-                            continue;
-                        }
-                    };
-                    let n = get_u32(&leaf, 4) as usize;
-                    for k in 0..n.min((leaf.len() - 8) / 8) {
-                        count(get_u32(&leaf, 8 + 8 * k + 4));
-                    }
-                }
-            }
-            d => errln(&format!("This B-tree not support depth {d}")),
-        }
-        (my, cow)
     }
 }
 
@@ -401,21 +359,4 @@ pub fn cname(s: &str, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     v[..n].copy_from_slice(&b[..n]);
     v
-}
-
-/// dog's `sd_inode_get_meta_size` for a listing read (`size` = whole inode).
-pub fn meta_size(h: &InodeHeader, area: &[u8]) -> u32 {
-    if h.store_policy == 0 {
-        let max = (SD_INODE_SIZE - SD_INODE_HEADER_SIZE - 4) as u64;
-        let n = h.nr_objs();
-        (n.wrapping_mul(4)).min(max) as u32
-    } else {
-        let depth = if area.len() >= 4 { get_u16(area, 2) } else { 0 };
-        let entries = if area.len() >= 8 { get_u32(area, 4) } else { 0 };
-        let e = match depth {
-            2 => 16,
-            _ => 8,
-        };
-        8u32.wrapping_add(entries.wrapping_mul(e))
-    }
 }

@@ -303,9 +303,21 @@ pub fn render_vdi_list_tz(entries: &[VdiEntry], raw: bool, name: Option<&str>, t
     out
 }
 
+/// `dog vdi list [-r] [NAME]` from the cluster, rendered row by row as the
+/// pipelined scan delivers them (no list of entries is kept).
 pub async fn vdi_list(client: &Client, raw: bool, name: Option<&str>) -> Result<String> {
-    let entries = client.list_vdis().await?;
-    Ok(render_vdi_list(&entries, raw, name))
+    let mut out = String::new();
+    if !raw {
+        out.push_str(VDI_LIST_HEADER);
+    }
+    client
+        .for_each_vdi(true, |e| {
+            if name.is_none_or(|n| cstr(&e.header.raw_name) == n) {
+                out.push_str(&vdi_list_row(e, raw));
+            }
+        })
+        .await?;
+    Ok(out)
 }
 
 #[derive(Serialize)]
@@ -327,32 +339,69 @@ struct VdiJson {
 
 /// The JSON twin of `vdi list` (field names in the module docs).
 pub fn render_vdi_list_json(entries: &[VdiEntry]) -> String {
-    let rows: Vec<VdiJson> = entries
-        .iter()
-        .map(|e| {
-            let h = &e.header;
-            VdiJson {
-                kind: vdi_type_word(h),
-                name: cstr(&h.raw_name),
-                snapid: if h.is_snapshot() { h.snap_id } else { 0 },
-                size: h.vdi_size,
-                used: e.used_bytes(),
-                shared: e.shared_bytes(),
-                ctime: h.create_time >> 32,
-                vid: format!("{:x}", h.vdi_id),
-                copies: h.nr_copies,
-                redundancy: redundancy(h.nr_copies, h.copy_policy),
-                tag: cstr(&h.raw_tag),
-                block_size_shift: h.block_size_shift,
-            }
-        })
-        .collect();
-    to_json(&rows)
+    let mut out = JsonArray::default();
+    for e in entries {
+        out.push(&vdi_json(e));
+    }
+    out.finish()
 }
 
+fn vdi_json(e: &VdiEntry) -> VdiJson {
+    let h = &e.header;
+    VdiJson {
+        kind: vdi_type_word(h),
+        name: cstr(&h.raw_name),
+        snapid: if h.is_snapshot() { h.snap_id } else { 0 },
+        size: h.vdi_size,
+        used: e.used_bytes(),
+        shared: e.shared_bytes(),
+        ctime: h.create_time >> 32,
+        vid: format!("{:x}", h.vdi_id),
+        copies: h.nr_copies,
+        redundancy: redundancy(h.nr_copies, h.copy_policy),
+        tag: cstr(&h.raw_tag),
+        block_size_shift: h.block_size_shift,
+    }
+}
+
+/// The JSON twin of `vdi list` from the cluster, rendered row by row.
 pub async fn vdi_list_json(client: &Client) -> Result<String> {
-    let entries = client.list_vdis().await?;
-    Ok(render_vdi_list_json(&entries))
+    let mut out = JsonArray::default();
+    client
+        .for_each_vdi(true, |e| out.push(&vdi_json(e)))
+        .await?;
+    Ok(out.finish())
+}
+
+/// A pretty-printed JSON array written one element at a time, byte for byte
+/// what `to_json` makes of the whole array (elements indented by two).
+#[derive(Default)]
+struct JsonArray {
+    out: String,
+}
+
+impl JsonArray {
+    fn push<T: Serialize>(&mut self, v: &T) {
+        self.out
+            .push_str(if self.out.is_empty() { "[\n" } else { ",\n" });
+        // Strings are escaped, so every newline of the element is a line break.
+        let el = serde_json::to_string_pretty(v).unwrap_or_default();
+        for (i, line) in el.split('\n').enumerate() {
+            if i > 0 {
+                self.out.push('\n');
+            }
+            self.out.push_str("  ");
+            self.out.push_str(line);
+        }
+    }
+
+    fn finish(mut self) -> String {
+        if self.out.is_empty() {
+            return "[]\n".into();
+        }
+        self.out.push_str("\n]\n");
+        self.out
+    }
 }
 
 fn to_json<T: Serialize>(v: &T) -> String {
@@ -836,12 +885,15 @@ pub async fn gather_node_info(client: &Client) -> Result<NodeInfo> {
             "Cannot get information from any nodes".into(),
         ));
     }
-    info.total_vdi_size = client
-        .list_vdi_headers()
-        .await?
-        .iter()
-        .filter(|h| !h.is_snapshot())
-        .fold(0u64, |a, h| a.wrapping_add(h.vdi_size));
+    let mut total = 0u64;
+    client
+        .for_each_vdi(false, |e| {
+            if !e.header.is_snapshot() {
+                total = total.wrapping_add(e.header.vdi_size);
+            }
+        })
+        .await?;
+    info.total_vdi_size = total;
     Ok(info)
 }
 
@@ -963,20 +1015,38 @@ pub fn lock_list_row(h: &InodeHeader, st: Option<&VdiState>) -> String {
 
 /// The text of `dog vdi lock list`.
 pub fn render_lock_list(entries: &[InodeHeader], states: &[VdiState]) -> String {
+    let by_vid = lock_states(states);
     let mut out = LOCK_LIST_HEADER.to_string();
     for h in entries {
-        let st = states.iter().find(|s| s.vid == h.vdi_id);
-        out.push_str(&lock_list_row(h, st));
+        out.push_str(&lock_list_row(h, by_vid.get(&h.vdi_id).copied()));
     }
     out
 }
 
-/// `dog vdi lock list`: GET_VDI_COPIES, then the full vdi scan.
+/// The state of each vid (the first one reported, as dog's search finds).
+fn lock_states(states: &[VdiState]) -> std::collections::HashMap<u32, &VdiState> {
+    let mut m = std::collections::HashMap::new();
+    for s in states {
+        m.entry(s.vid).or_insert(s);
+    }
+    m
+}
+
+/// `dog vdi lock list`: GET_VDI_COPIES, then the full vdi scan (with the
+/// map reads dog makes), rendered row by row.
 pub async fn vdi_lock_list(client: &Client) -> Result<String> {
     let states = client.vdi_copies().await?;
-    let entries = client.list_vdis().await?;
-    let headers: Vec<InodeHeader> = entries.into_iter().map(|e| e.header).collect();
-    Ok(render_lock_list(&headers, &states))
+    let by_vid = lock_states(&states);
+    let mut out = LOCK_LIST_HEADER.to_string();
+    client
+        .for_each_vdi(true, |e| {
+            out.push_str(&lock_list_row(
+                &e.header,
+                by_vid.get(&e.header.vdi_id).copied(),
+            ))
+        })
+        .await?;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -132,9 +132,23 @@ struct Volumes {
 
 enum Handle {
     /// A snapshot of generated text, taken at open, so that every read of
-    /// this open sees the same bytes whatever its offset.
-    Text(Vec<u8>),
+    /// this open sees the same bytes whatever its offset (shared by the
+    /// opens that shared its render).
+    Text(Arc<Vec<u8>>),
     Volume(Arc<Attached>),
+}
+
+/// A render of a state file, shared by the opens that wait for it. An error
+/// is kept as errno and message (the client error inside is not `Clone`).
+type Render = tokio::sync::OnceCell<Result<Arc<Vec<u8>>, (i32, String)>>;
+
+/// One state file's renders: the length of the last one, which is what
+/// `stat` shows (rendering costs a cluster scan, so getattr never does),
+/// and the one in flight, which concurrent opens share.
+#[derive(Default)]
+struct RenderSlot {
+    last_len: u64,
+    inflight: Option<Arc<Render>>,
 }
 
 pub struct FsCore {
@@ -147,6 +161,8 @@ pub struct FsCore {
     /// Serialises attach/detach (each does network I/O; they are rare).
     attach_lock: tokio::sync::Mutex<()>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    /// State files by inode.
+    renders: parking_lot::Mutex<HashMap<u64, RenderSlot>>,
     next_fh: AtomicU64,
     mounted_at: SystemTime,
     fuse: RwLock<FuseParams>,
@@ -181,6 +197,7 @@ impl FsCore {
             }),
             attach_lock: tokio::sync::Mutex::new(()),
             handles: RwLock::new(HashMap::new()),
+            renders: parking_lot::Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             mounted_at: SystemTime::now(),
             fuse: RwLock::new(FuseParams::default()),
@@ -264,6 +281,49 @@ impl FsCore {
         })
     }
 
+    /// Renders a state file for an open: joins the render in flight if there
+    /// is one, else starts one (so each open sees the cluster as it was at
+    /// or after the open), and records its length for `stat`.
+    async fn render_state(&self, ino: u64, kind: Static) -> FsResult<Arc<Vec<u8>>> {
+        let cell = self
+            .renders
+            .lock()
+            .entry(ino)
+            .or_default()
+            .inflight
+            .get_or_insert_with(Default::default)
+            .clone();
+        let res = cell
+            .get_or_init(|| async {
+                self.static_text(ino, kind)
+                    .await
+                    .map(Arc::new)
+                    .map_err(|e| (e.errno(), e.to_string()))
+            })
+            .await
+            .clone();
+        if let Some(slot) = self.renders.lock().get_mut(&ino) {
+            // The first waiter to finish retires the render, so that a later
+            // open starts a new one.
+            if slot
+                .inflight
+                .as_ref()
+                .is_some_and(|c| Arc::ptr_eq(c, &cell))
+            {
+                slot.inflight = None;
+                if let Ok(t) = &res {
+                    slot.last_len = t.len() as u64;
+                }
+            }
+        }
+        res.map_err(|(errno, msg)| FsError::new(errno, msg))
+    }
+
+    /// Length of the last render of a state file (0 before the first).
+    fn last_render_len(&self, ino: u64) -> u64 {
+        self.renders.lock().get(&ino).map_or(0, |s| s.last_len)
+    }
+
     async fn state_text(&self, f: StateFile, json: bool) -> FsResult<Vec<u8>> {
         let c = &self.client;
         let r = match (f, json) {
@@ -324,8 +384,8 @@ impl FsCore {
             return match e.kind {
                 Static::Dir => Ok(self.attr(ino, Kind::Dir, 0, 0o755, DIR_TTL)),
                 Static::State(..) => {
-                    let t = self.static_text(ino, e.kind).await?;
-                    Ok(self.attr(ino, Kind::File, t.len() as u64, 0o444, Duration::ZERO))
+                    let len = self.last_render_len(ino);
+                    Ok(self.attr(ino, Kind::File, len, 0o444, Duration::ZERO))
                 }
                 Static::Control(c) => {
                     let perm = if c == Control::VdiUnmount {
@@ -434,12 +494,16 @@ impl FsCore {
             return match e.kind {
                 Static::Dir => Err(FsError::new(libc::EISDIR, "is a directory")),
                 Static::State(..) if write => Err(self.read_only_file(ino)),
+                Static::State(..) => {
+                    let t = self.render_state(ino, e.kind).await?;
+                    Ok(text(self.add_handle(Handle::Text(t))))
+                }
                 // Control files are opened direct_io so that every write
                 // reaches us as written and its result (errno, or a short
                 // count) reaches the writer.
                 _ => {
                     let t = self.static_text(ino, e.kind).await?;
-                    Ok(text(self.add_handle(Handle::Text(t))))
+                    Ok(text(self.add_handle(Handle::Text(Arc::new(t)))))
                 }
             };
         }
@@ -454,7 +518,7 @@ impl FsCore {
                 ));
             }
             let t = a.stats_text(self.object_cache());
-            return Ok(text(self.add_handle(Handle::Text(t))));
+            return Ok(text(self.add_handle(Handle::Text(Arc::new(t)))));
         }
         if write {
             a.check_writable()?;

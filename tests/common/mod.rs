@@ -71,6 +71,20 @@ impl SheepLite {
         s
     }
 
+    /// Starts an unformatted sheep-lite whose store lives under `parent`
+    /// (e.g. /dev/shm, where a test creating thousands of VDIs does not wait
+    /// for the disk's fsyncs).
+    pub fn start_in(parent: &Path) -> SheepLite {
+        let dir = tempfile::tempdir_in(parent).expect("tempdir");
+        let mut s = SheepLite {
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
     /// Starts and formats (`cluster format`, default copies).
     pub fn start_formatted() -> SheepLite {
         let s = SheepLite::start();
