@@ -8,11 +8,20 @@
 //! - [`ctl`]: `sheepctl`, the dog-compatible admin CLI.
 //! - [`fs`]: the sheepfs FUSE filesystem.
 //! - [`iscsi`]: the `sheep-iscsi` target.
+//!
+//! Cargo features: `default = ["fs", "iscsi", "server", "cli"]`. With
+//! `default-features = false` only [`proto`], [`client`] and [`util`] are
+//! built, over tokio (no FUSE, clap, TOML or iSCSI crypto).
 pub mod client;
+#[cfg(feature = "cli")]
 pub mod ctl;
+#[cfg(feature = "dogfmt")]
 pub mod dogfmt;
+#[cfg(feature = "fs")]
 pub mod fs;
+#[cfg(feature = "iscsi")]
 pub mod iscsi;
 pub mod proto;
+#[cfg(feature = "server")]
 pub mod server;
 pub mod util;

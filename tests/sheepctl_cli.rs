@@ -324,7 +324,7 @@ fn lifecycle_with_checksums() {
     let o = s.ctl(&["vdi", "read", "test", "60M"]);
     expect(&o, 0, "");
     assert_eq!(o.stdout.len(), 4 * MB);
-    // Short input: dog zero-fills the rest of that object piece.
+    // Short input: the rest of the piece stays as it was (unwritten: zeros).
     expect(
         &s.ctl_stdin(&["vdi", "write", "small", "0"], b"hello"),
         0,
@@ -553,6 +553,147 @@ fn bad_input_like_dog() {
         64,
         "Please specify a non-integer value for a snapshot tag name\n",
     );
+}
+
+/// Where dog loses bytes silently (a write cut at the end of the VDI, an
+/// offset or size that wraps past 2^64, a name or tag cut to 255 bytes, a
+/// short input zero-padded over existing data), sheepctl refuses with a
+/// message and a non-zero exit (documented in sheepctl(8)).
+#[test]
+fn never_loses_bytes_silently_unlike_dog() {
+    let s = SheepLite::start_formatted();
+    expect(&s.ctl(&["vdi", "create", "test", "4M"]), 0, "");
+    let end = (4 * MB - 1).to_string();
+
+    // Input longer than the room up to the end: the part that fits is
+    // written, the rest reported.
+    expect(
+        &s.ctl_stdin(&["vdi", "write", "test", &end], b"abc"),
+        1,
+        "Input is longer than VDI test: wrote 1 bytes from offset 4194303 up to its end (4194304 bytes); the rest of the input was not written\n",
+    );
+    assert_eq!(s.ctl(&["vdi", "read", "test", &end]).stdout, b"a");
+    // Exactly fitting input is fine.
+    expect(&s.ctl_stdin(&["vdi", "write", "test", &end], b"z"), 0, "");
+    // An explicit length past the end: nothing is written.
+    expect(
+        &s.ctl_stdin(&["vdi", "write", "test", &end, "3"], b"xyz"),
+        1,
+        "Write of 3 bytes at offset 4194303 goes past the end of VDI test (4194304 bytes); nothing was written\n",
+    );
+    assert_eq!(s.ctl(&["vdi", "read", "test", &end]).stdout, b"z");
+
+    // Short input does not zero what follows it in the object.
+    let p = pattern(8192, 3);
+    expect(
+        &s.ctl_stdin(&["vdi", "write", "test", "0", "8192"], &p),
+        0,
+        "",
+    );
+    expect(
+        &s.ctl_stdin(&["vdi", "write", "test", "0", "8192"], b"hi"),
+        0,
+        "",
+    );
+    let mut want = p.clone();
+    want[..2].copy_from_slice(b"hi");
+    let o = s.ctl(&["vdi", "read", "test", "0", "8192"]);
+    assert_eq!(sha(&o.stdout), sha(&want));
+
+    // Offsets and sizes of 2^64 and more do not wrap.
+    let big =
+        "Invalid size '18446744073709551616': sizes and offsets must be below 16 EB (2^64 bytes)\n";
+    let o = s.ctl(&["vdi", "read", "test", "18446744073709551616", "1"]);
+    expect(&o, 64, big);
+    assert!(o.text().starts_with("Usage: sheepctl vdi read"));
+    expect(
+        &s.ctl(&["vdi", "create", "huge", "16777216T"]),
+        64,
+        "Invalid size '16777216T': sizes and offsets must be below 16 EB (2^64 bytes)\n",
+    );
+    expect(
+        &s.ctl(&["vdi", "resize", "test", "18446744073709551616"]),
+        64,
+        big,
+    );
+
+    // Names, tags and keys longer than 255 bytes are refused, not cut.
+    let long = "n".repeat(300);
+    for args in [
+        vec!["vdi", "create", long.as_str(), "4M"],
+        vec!["vdi", "read", long.as_str()],
+        vec!["vdi", "delete", long.as_str()],
+        vec!["vdi", "clone", "-s", "1", "test", long.as_str()],
+        vec!["vdi", "lock", "unlock", long.as_str()],
+    ] {
+        expect(
+            &s.ctl(&args),
+            1,
+            "VDI name is too long: 300 bytes, at most 255\n",
+        );
+    }
+    expect(
+        &s.ctl(&["vdi", "snapshot", "-s", &long, "test"]),
+        1,
+        "Snapshot tag is too long: 300 bytes, at most 255\n",
+    );
+    expect(
+        &s.ctl(&["vdi", "setattr", "test", &long, "v"]),
+        1,
+        "Attribute key is too long: 300 bytes, at most 255\n",
+    );
+    // A 255-byte name is fine and is kept whole.
+    let max = "m".repeat(255);
+    expect(&s.ctl(&["vdi", "create", &max, "4M"]), 0, "");
+    assert!(list_raw(&s).iter().any(|r| r[1] == max));
+    let rows = list_raw(&s);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+}
+
+/// `vdi write`/`vdi read` show progress (count, rate, ETA) on stderr only
+/// when it is a terminal (here a pty from util-linux `script`); redirected,
+/// stderr stays empty and stdout carries exactly the data, as with dog.
+#[test]
+fn progress_only_on_a_terminal() {
+    let s = SheepLite::start_formatted();
+    expect(&s.ctl(&["vdi", "create", "test", "12M"]), 0, "");
+    let data = pattern(9 * MB, 5);
+    let o = s.ctl_stdin(&["vdi", "write", "test", "4M"], &data);
+    expect(&o, 1, "Input is longer than VDI test: wrote 8388608 bytes from offset 4194304 up to its end (12582912 bytes); the rest of the input was not written\n");
+    let o = s.ctl_stdin(&["vdi", "write", "test", "1M", "9M"], &data);
+    expect(&o, 0, "");
+    assert!(o.stdout.is_empty());
+    let o = s.ctl(&["vdi", "read", "test", "1M", "9M"]);
+    expect(&o, 0, "");
+    assert_eq!(sha(&o.stdout), sha(&data));
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::write(&input, &data).unwrap();
+    let ctl = common::bin("sheepctl");
+    let port = s.port.to_string();
+    let shell = format!(
+        "{} vdi write test 1M 9M -p {port} < {} && {} vdi read test 1M 9M -p {port} > {}",
+        ctl.display(),
+        input.display(),
+        ctl.display(),
+        dir.path().join("out").display()
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &shell, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script (util-linux)");
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{tty}");
+    assert!(
+        tty.contains("write: 9.0 MB / 9.0 MB (100%)")
+            && tty.contains("read: 9.0 MB / 9.0 MB (100%)"),
+        "{tty:?}"
+    );
+    assert!(tty.contains("MB/s"), "{tty:?}");
+    let back = std::fs::read(dir.path().join("out")).unwrap();
+    assert_eq!(sha(&back), sha(&data), "progress never goes to stdout");
 }
 
 #[test]

@@ -43,6 +43,20 @@ pub enum Error {
     },
     #[error("client is shut down")]
     Closed,
+    /// A VDI size beyond what the inode can map: `max` is the flat limit of
+    /// its object size, or 16 PiB (`hyper`).
+    #[error("VDI size {size} is larger than {max} bytes{}", if *hyper { "" } else { "; use a hyper volume or a larger object size" })]
+    TooLarge { size: u64, max: u64, hyper: bool },
+    /// A step of a VDI administration operation failed (see
+    /// [`super::admin::Step`]); `oid` is the object it worked on (0: none).
+    /// Displays as the error beneath, as the operation's callers showed it before.
+    #[error("{source}")]
+    At {
+        step: super::admin::Step,
+        oid: u64,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 impl Error {
@@ -54,7 +68,16 @@ impl Error {
     pub fn result(&self) -> Option<SdRes> {
         match self {
             Error::Sheep { res, .. } => Some(*res),
+            Error::At { source, .. } => source.result(),
             _ => None,
+        }
+    }
+
+    /// The error beneath the step of an admin operation ([`Error::At`]).
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::At { source, .. } => source.root(),
+            e => e,
         }
     }
 
@@ -65,7 +88,7 @@ impl Error {
     /// Transport-level failure (worth retrying once the server is back).
     pub fn is_transport(&self) -> bool {
         matches!(
-            self,
+            self.root(),
             Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. }
         )
     }
@@ -83,7 +106,8 @@ impl Error {
                 SdRes::NO_MEM => libc::ENOMEM,
                 _ => libc::EIO,
             },
-            Error::Invalid(_) => libc::EINVAL,
+            Error::Invalid(_) | Error::TooLarge { .. } => libc::EINVAL,
+            Error::At { source, .. } => source.errno(),
             Error::ReadOnly(_) => libc::EROFS,
             Error::OutOfRange { .. } => libc::ENOSPC,
             Error::Timeout { .. } | Error::Connect { .. } | Error::Io { .. } => libc::EIO,

@@ -8,8 +8,10 @@
 //!   locking, snapshots taken underneath, optional object cache).
 
 mod addr;
+pub mod admin;
 pub mod cache;
 mod conn;
+mod dogmap;
 mod error;
 pub mod list;
 mod ops;
@@ -17,9 +19,10 @@ mod pool;
 pub mod volume;
 
 pub use addr::{parse_port, SheepAddr};
+pub use admin::{CreateOptions, DeleteOptions, ProgressFn, Step};
 pub use cache::ObjectCache;
 pub use error::{Error, Result};
 pub use list::{ScanError, ScanItem, ScanOptions, ScanStage, ScannedVdi};
-pub use ops::{CreateOptions, DataMap, FlatMap, Inode, VdiEntry, VdiId};
+pub use ops::{DataMap, FlatMap, Inode, VdiEntry, VdiId};
 pub use pool::{Client, Options, Request, Response};
 pub use volume::{LockMode, OpenOptions, SnapSel, Volume, VolumeStats};

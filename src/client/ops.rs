@@ -201,20 +201,6 @@ impl VdiEntry {
     }
 }
 
-/// Options of `vdi create` (dog's `-c`, `-z`, `-y`, `-P`).
-#[derive(Debug, Clone, Default)]
-pub struct CreateOptions {
-    /// 0: cluster default.
-    pub copies: u8,
-    pub copy_policy: u8,
-    /// None: cluster default (dog asks CLUSTER_INFO for it).
-    pub block_size_shift: Option<u8>,
-    /// B-tree inode (store_policy 1), sizes past 4 TiB.
-    pub hyper: bool,
-    /// Allocate every object now.
-    pub prealloc: bool,
-}
-
 /// name[256] + tag[256], the lookup payload.
 fn name_tag_payload(name: &str, tag: &str) -> Vec<u8> {
     let mut v = padded(name, SD_MAX_VDI_LEN);
@@ -230,7 +216,7 @@ fn sel_parts(sel: &SnapSel) -> (&str, u32) {
     }
 }
 
-fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     validate_name(name).map_err(|e| Error::Invalid(format!("'{}': {e}", name.escape_debug())))
 }
 
@@ -273,6 +259,22 @@ impl Client {
         create: bool,
         copies: u8,
     ) -> Result<()> {
+        self.write_obj_with(oid, cow_oid, offset, data, fl, create, (copies, 0))
+            .await
+    }
+
+    /// [`Client::write_obj`] with an erasure-coding `copy_policy` beside the copies.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn write_obj_with(
+        &self,
+        oid: u64,
+        cow_oid: u64,
+        offset: u32,
+        data: Bytes,
+        fl: u16,
+        create: bool,
+        (copies, copy_policy): (u8, u8),
+    ) -> Result<()> {
         let opcode = if create {
             op::CREATE_AND_WRITE_OBJ
         } else {
@@ -288,6 +290,7 @@ impl Client {
             oid,
             cow_oid,
             copies,
+            copy_policy,
             offset,
             ..Default::default()
         }
@@ -525,6 +528,13 @@ impl Client {
     ) -> Result<VdiId> {
         check_name(name)?;
         let (tag, snapid) = sel_parts(sel);
+        if tag.len() >= SD_MAX_VDI_LEN {
+            return Err(Error::Invalid(format!(
+                "snapshot tag of {} bytes is too long (at most {})",
+                tag.len(),
+                SD_MAX_VDI_LEN - 1
+            )));
+        }
         let mut h = ReqHeader::for_op(opcode);
         h.args = VdiArgs {
             snapid,
@@ -655,32 +665,11 @@ impl Client {
         Ok(DataMap::Btree(t))
     }
 
-    /// NEW_VDI as dog builds it.
-    #[allow(clippy::too_many_arguments)]
-    async fn new_vdi(
-        &self,
-        name: &str,
-        size: u64,
-        base: u32,
-        snapshot: bool,
-        copies: u8,
-        copy_policy: u8,
-        store_policy: u8,
-        block_size_shift: u8,
-    ) -> Result<VdiId> {
+    /// NEW_VDI as dog builds it (`args` without the opcode's defaults).
+    pub(crate) async fn new_vdi(&self, name: &str, args: VdiArgs) -> Result<VdiId> {
         check_name(name)?;
         let mut h = ReqHeader::for_op(op::NEW_VDI);
-        h.args = VdiArgs {
-            vdi_size: size,
-            base_vdi_id: base,
-            copies,
-            copy_policy,
-            store_policy,
-            block_size_shift,
-            snapid: snapshot as u32,
-            ..Default::default()
-        }
-        .encode();
+        h.args = args.encode();
         let rsp = self
             .call(
                 Request::new(h)
@@ -696,96 +685,23 @@ impl Client {
         })
     }
 
-    /// Creates a VDI (thin unless `opts.prealloc`). Size limits as dog's.
-    pub async fn create_vdi(&self, name: &str, size: u64, opts: &CreateOptions) -> Result<u32> {
+    /// DEL_VDI of `name` (and snapshot `sel`).
+    pub(crate) async fn del_vdi(&self, name: &str, sel: &SnapSel) -> Result<()> {
         check_name(name)?;
-        let shift = match (opts.block_size_shift, opts.hyper) {
-            (Some(s), _) => s,
-            (None, true) => crate::proto::SD_DEFAULT_BLOCK_SIZE_SHIFT,
-            (None, false) => {
-                let ci = self.cluster_info().await?;
-                if ci.ctime == 0 {
-                    return Err(Error::sheep(op::NEW_VDI, SdRes::WAIT_FOR_FORMAT));
-                }
-                ci.block_size_shift
-            }
-        };
-        check_size(size, shift, opts.hyper)?;
-        // dog sends 0 (cluster default) unless -z or -y was given.
-        let wire_shift = if opts.block_size_shift.is_some() || opts.hyper {
-            shift
-        } else {
-            0
-        };
-        let id = self
-            .new_vdi(
-                name,
-                size,
-                0,
-                false,
-                opts.copies,
-                opts.copy_policy,
-                opts.hyper as u8,
-                wire_shift,
-            )
-            .await?;
-        if opts.prealloc {
-            self.preallocate(id.vid).await?;
+        let (tag, snapid) = sel_parts(sel);
+        let mut h = ReqHeader::for_op(op::DEL_VDI);
+        h.args = VdiArgs {
+            snapid,
+            ..Default::default()
         }
-        Ok(id.vid)
-    }
-
-    /// dog's `-P`: create every object and record it in the inode, one by one.
-    async fn preallocate(&self, vid: u32) -> Result<()> {
-        let ino = self.read_inode(vid, true).await?;
-        let h = &ino.header;
-        let fl = flags::CMD_DIRECT;
-        let ioid = oid::vid_to_vdi_oid(vid);
-        let mut tree = match ino.map {
-            DataMap::Btree(t) => Some(t),
-            DataMap::Flat(_) => None,
-        };
-        let mut counter = h.btree_counter;
-        for idx in 0..h.nr_objs() {
-            let idx32 = u32::try_from(idx).map_err(|_| Error::Invalid("VDI too large".into()))?;
-            self.write_obj(
-                oid::vid_to_data_oid(vid, idx32),
-                0,
-                0,
-                Bytes::new(),
-                fl,
-                true,
-                h.nr_copies,
-            )
-            .await?;
-            match tree.as_mut() {
-                None => {
-                    self.write_obj(
-                        ioid,
-                        0,
-                        inode::data_vdi_id_offset(idx32) as u32,
-                        Bytes::copy_from_slice(&vid.to_le_bytes()),
-                        fl,
-                        false,
-                        h.nr_copies,
-                    )
-                    .await?
-                }
-                Some(t) => {
-                    let mut next = || {
-                        counter += 1;
-                        oid::vid_to_btree_oid(vid, counter - 1)
-                    };
-                    let up = t
-                        .set(idx32, vid, &mut next)
-                        .map_err(|e| Error::Btree { vid, source: e })?;
-                    let mut hh = h.clone();
-                    hh.btree_counter = counter;
-                    self.write_btree_update(&hh, t, &up, fl).await?;
-                }
-            }
-        }
-        Ok(())
+        .encode();
+        self.call(
+            Request::new(h)
+                .with_payload(name_tag_payload(name, tag))
+                .not_idempotent(),
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Writes back what a B-tree insert changed: new and modified leaves, then
@@ -823,157 +739,6 @@ impl Client {
             .await?;
         }
         Ok(())
-    }
-
-    /// Snapshots the working VDI `name`, tagging the snapshot with `tag`
-    /// (may be empty). Returns (snapshot vid, new working vid).
-    pub async fn snapshot_vdi(&self, name: &str, tag: &str) -> Result<(u32, u32)> {
-        if !tag.is_empty() {
-            // The tag must not be taken yet (dog accepts NO_TAG here).
-            match self.vdi_lookup(name, &SnapSel::Tag(tag.into())).await {
-                Err(e) if e.is(SdRes::NO_TAG) => {}
-                Err(e) => return Err(e),
-                Ok(_) => return Err(Error::sheep(op::GET_VDI_INFO, SdRes::VDI_EXIST)),
-            }
-        }
-        let id = self.vdi_lookup(name, &SnapSel::Working).await?;
-        let h = self.read_inode_header(id.vid).await?;
-        if h.is_hyper() {
-            return Err(Error::Invalid(format!(
-                "cannot snapshot hyper volume {name}"
-            )));
-        }
-        self.write_obj(
-            oid::vid_to_vdi_oid(id.vid),
-            0,
-            inode::TAG_OFFSET as u32,
-            padded(tag, 256).into(),
-            0,
-            false,
-            h.nr_copies,
-        )
-        .await?;
-        let new = self
-            .new_vdi(
-                name,
-                h.vdi_size,
-                id.vid,
-                true,
-                h.nr_copies,
-                h.copy_policy,
-                h.store_policy,
-                h.block_size_shift,
-            )
-            .await?;
-        Ok((id.vid, new.vid))
-    }
-
-    /// Clones snapshot `sel` of `src` into a new working VDI `dst`.
-    pub async fn clone_vdi(&self, src: &str, sel: &SnapSel, dst: &str) -> Result<u32> {
-        check_name(dst)?;
-        let id = self.vdi_lookup(src, sel).await?;
-        let ino = self.read_inode(id.vid, true).await?;
-        let h = &ino.header;
-        if !h.is_snapshot() {
-            return Err(Error::Invalid(format!(
-                "only snapshot VDIs can be cloned; {src} is not a snapshot"
-            )));
-        }
-        let new = self
-            .new_vdi(
-                dst,
-                h.vdi_size,
-                id.vid,
-                false,
-                h.nr_copies,
-                h.copy_policy,
-                h.store_policy,
-                h.block_size_shift,
-            )
-            .await?;
-        Ok(new.vid)
-    }
-
-    /// Deletes a VDI (or one snapshot): clears its data map in batches as dog
-    /// does (sheep refuses to drop objects still mapped), then DEL_VDI.
-    pub async fn delete_vdi(&self, name: &str, sel: &SnapSel) -> Result<u32> {
-        let id = self.vdi_lookup(name, sel).await?;
-        let mut h = ReqHeader::for_op(op::READ_OBJ);
-        h.data_length = inode::SD_INODE_SIZE as u32;
-        h.args = ObjArgs {
-            oid: oid::vid_to_vdi_oid(id.vid),
-            ..Default::default()
-        }
-        .encode();
-        let b = self.call(Request::new(h)).await?.data;
-        let header = self.decode_header(id.vid, &b)?;
-        if !header.is_hyper() {
-            // A short reply has fewer entries, not a panic (as in parse_map).
-            let nr = (header.nr_objs() as usize)
-                .min(inode::SD_INODE_DATA_INDEX)
-                .min(b.len().saturating_sub(inode::DATA_VDI_ID_OFFSET) / 4);
-            let map = &b[inode::DATA_VDI_ID_OFFSET.min(b.len())..][..4 * nr];
-            let entry = |i: usize| crate::proto::bytes::get_u32(map, 4 * i);
-            let mut i = 0;
-            while i < nr {
-                while i < nr && entry(i) == 0 {
-                    i += 1;
-                }
-                let start = i;
-                let mut filled = 0;
-                while i < nr && filled < 128 {
-                    if entry(i) != 0 {
-                        filled += 1;
-                    }
-                    i += 1;
-                }
-                self.write_obj(
-                    oid::vid_to_vdi_oid(id.vid),
-                    0,
-                    inode::data_vdi_id_offset(start as u32) as u32,
-                    vec![0u8; 4 * (i - start)].into(),
-                    flags::CMD_DIRECT,
-                    false,
-                    header.nr_copies,
-                )
-                .await?;
-            }
-        }
-        let (tag, snapid) = sel_parts(sel);
-        let mut h = ReqHeader::for_op(op::DEL_VDI);
-        h.args = VdiArgs {
-            snapid,
-            ..Default::default()
-        }
-        .encode();
-        self.call(
-            Request::new(h)
-                .with_payload(name_tag_payload(name, tag))
-                .not_idempotent(),
-        )
-        .await?;
-        Ok(id.vid)
-    }
-
-    /// Grows a working VDI (shrinking is refused, as dog does).
-    pub async fn resize_vdi(&self, name: &str, new_size: u64) -> Result<()> {
-        let id = self.vdi_lookup(name, &SnapSel::Working).await?;
-        let mut h = self.read_inode_header(id.vid).await?;
-        if new_size < h.vdi_size {
-            return Err(Error::Invalid("Shrinking VDIs is not implemented".into()));
-        }
-        check_size(new_size, h.block_size_shift, h.is_hyper())?;
-        h.vdi_size = new_size;
-        self.write_obj(
-            oid::vid_to_vdi_oid(id.vid),
-            0,
-            0,
-            h.encode().into(),
-            flags::CMD_DIRECT,
-            false,
-            h.nr_copies,
-        )
-        .await
     }
 
     /// GET_VDI_ATTR: create/overwrite (`excl` fails if present), or delete.
@@ -1028,28 +793,6 @@ impl Client {
             .await?;
         Ok(VdiAttr::decode(&b).map(|a| a.value).unwrap_or_default())
     }
-}
-
-/// dog's size rules: a flat inode maps at most 2^20 objects; nothing past 16 PiB.
-pub fn check_size(size: u64, shift: u8, hyper: bool) -> Result<()> {
-    if !(crate::proto::MIN_BLOCK_SIZE_SHIFT..=crate::proto::MAX_BLOCK_SIZE_SHIFT).contains(&shift) {
-        return Err(Error::Invalid(format!(
-            "block_size_shift {shift} is out of range (20..31)"
-        )));
-    }
-    if size == 0 {
-        return Err(Error::Invalid("VDI size must be larger than 0".into()));
-    }
-    let flat_max = (1u64 << shift) * crate::proto::OLD_MAX_DATA_OBJS;
-    if !hyper && size > flat_max {
-        return Err(Error::Invalid(format!(
-            "VDI size is larger than {flat_max} bytes; use a hyper volume or a larger object size"
-        )));
-    }
-    if size > crate::proto::SD_MAX_VDI_SIZE {
-        return Err(Error::Invalid("VDI size is too large".into()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -806,7 +806,7 @@ impl Volume {
                 self.name, h.vdi_size, new_size
             )));
         }
-        super::ops::check_size(new_size, h.block_size_shift, h.is_hyper())?;
+        super::admin::check_size(new_size, h.block_size_shift, h.is_hyper())?;
         // Keep whatever else is in the header on the server.
         let mut fresh = self.client.read_inode_header(h.vdi_id).await?;
         fresh.vdi_size = new_size;

@@ -1,28 +1,25 @@
 //! The commands, each following its dog counterpart step by step.
 
-use super::dog::{
-    cname, name_tag, report_transport, report_vdi_read_failure, Ctx, InodeMap, NodeWrite,
-};
+use super::dog::{cname, report_transport, report_vdi_read_failure, snap_sel, Ctx};
+use super::progress::{Progress, Shared};
 use super::{
     errln, option_parse_size, out, Cmd, Exit, Invocation, Sub, EXIT_EXISTS, EXIT_FAILURE,
     EXIT_MISSING, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, R, VDI_LOCK_CMDS,
 };
-use crate::client::{Inode, OpenOptions, SnapSel, Volume};
+use crate::client::{CreateOptions, DeleteOptions, Error, Inode, OpenOptions, Step, Volume};
 use crate::dogfmt::{self, ClusterInfoOpts, ClusterStatus, NodeSpace, Tz};
 use crate::proto::attr::SD_ATTR_OBJ_SIZE;
-use crate::proto::bytes::{get_u16, get_u32, get_u64, put_u32, put_u64};
+use crate::proto::bytes::{get_u16, get_u32, put_u32};
 use crate::proto::header::{ClusterArgs, NodeRsp, VdiArgs, VdiRsp};
-use crate::proto::inode::{
-    self, InodeHeader, BTREE_NODE_SIZE, SD_INODE_HEADER_SIZE, SD_INODE_SIZE,
-};
 use crate::proto::node::{lock_state, EpochLog, VdiState, CLUSTER_INFO_SIZE, VDI_STATE_SIZE};
 use crate::proto::{
-    cluster_flags, flags, oid, op, ReqHeader, SdRes, OLD_MAX_DATA_OBJS, SD_MAX_NODES,
-    SD_MAX_VDI_ATTR_VALUE_LEN, SD_MAX_VDI_SIZE, VDI_BITMAP_SIZE,
+    cluster_flags, flags, oid, op, ReqHeader, SdRes, SD_MAX_NODES, SD_MAX_VDI_ATTR_VALUE_LEN,
+    SD_MAX_VDI_SIZE, VDI_BITMAP_SIZE,
 };
 use std::io::{Read, Write};
 
 pub async fn dispatch(ctx: &mut Ctx, inv: &Invocation) -> R<i32> {
+    check_names(inv)?;
     match inv.sc.cmd {
         Cmd::ClusterInfo => cluster_info(ctx, inv).await,
         Cmd::ClusterFormat => cluster_format(ctx, inv).await,
@@ -47,6 +44,28 @@ pub async fn dispatch(ctx: &mut Ctx, inv: &Invocation) -> R<i32> {
 }
 
 // ------------------------------------------------------------------ helpers
+
+/// Refuses VDI names and attribute keys dog would cut to 255 bytes.
+fn check_names(inv: &Invocation) -> R<()> {
+    let (first, second) = match inv.sc.cmd {
+        Cmd::VdiLock => (None, Some("VDI name")),
+        Cmd::VdiClone => (Some("VDI name"), Some("VDI name")),
+        Cmd::VdiSetattr | Cmd::VdiGetattr => (Some("VDI name"), Some("Attribute key")),
+        Cmd::VdiCreate
+        | Cmd::VdiSnapshot
+        | Cmd::VdiDelete
+        | Cmd::VdiResize
+        | Cmd::VdiRead
+        | Cmd::VdiWrite => (Some("VDI name"), None),
+        _ => (None, None),
+    };
+    for (i, what) in [first, second].into_iter().enumerate() {
+        if let (Some(what), Some(arg)) = (what, inv.rest.get(i)) {
+            super::check_len(what, arg)?;
+        }
+    }
+    Ok(())
+}
 
 /// dog's `confirm`: prompt on stdout, go on only if stdin starts with "yes".
 fn confirm(msg: &str) -> R<()> {
@@ -74,60 +93,6 @@ fn confirm(msg: &str) -> R<()> {
     }
 }
 
-fn is_stdout_console() -> bool {
-    // SAFETY: isatty only inspects the descriptor.
-    unsafe { libc::isatty(libc::STDOUT_FILENO) == 1 }
-}
-
-fn screen_width() -> i32 {
-    // SAFETY: TIOCGWINSZ fills a winsize we own.
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    if unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } < 0 {
-        return 80;
-    }
-    ws.ws_col as i32
-}
-
-/// dog's `show_progress` (only on a terminal).
-fn show_progress(done: u64, total: u64, raw: bool) {
-    if !is_stdout_console() {
-        return;
-    }
-    let w = screen_width();
-    if w <= 0 {
-        return;
-    }
-    let w = w as usize;
-    let bar = w.saturating_sub(30);
-    let mut s = format!("{:5.1} % [", done as f64 / total as f64 * 100.0);
-    for i in 0..bar {
-        let lo = total as u128 * i as u128 / bar as u128;
-        let hi = total as u128 * (i as u128 + 1) / bar as u128;
-        if hi <= done as u128 {
-            s.push('=');
-        } else if lo <= done as u128 && (done as u128) < hi {
-            s.push('>');
-        } else {
-            s.push(' ');
-        }
-    }
-    s.push_str(&format!(
-        "] {} / {}",
-        dogfmt::size_str(done, raw),
-        dogfmt::size_str(total, raw)
-    ));
-    s.truncate(w.saturating_sub(1));
-    while s.len() < w {
-        s.push(' ');
-    }
-    s.truncate(w);
-    out(&format!("\r{s}"));
-    if done == total {
-        out("\n");
-    }
-    let _ = std::io::stdout().flush();
-}
-
 /// `send_light_req`: a header-only request whose failure prints dog's line.
 async fn send_light_req(
     ctx: &Ctx,
@@ -140,130 +105,6 @@ async fn send_light_req(
         return None;
     }
     Some(rsp)
-}
-
-/// Writes the B-tree nodes an inode update needs (dog ignores their results).
-async fn node_writes(ctx: &Ctx, h: &InodeHeader, writes: Vec<NodeWrite>) {
-    for w in writes {
-        let _ = ctx
-            .write_object(
-                w.oid,
-                0,
-                &w.data,
-                w.offset,
-                0,
-                h.nr_copies,
-                h.copy_policy,
-                w.create,
-                false,
-            )
-            .await;
-    }
-}
-
-/// Loads the depth-2 leaf a lookup of `idx` needs (dog reads it DIRECT).
-async fn load_leaf(ctx: &Ctx, m: &mut InodeMap, idx: u32) {
-    if let Some(loid) = m.missing_leaf(idx) {
-        match ctx.read_object(loid, BTREE_NODE_SIZE as u32, 0, true).await {
-            Ok(b) => m.add_leaf(loid, &b),
-            Err(_) => {
-                errln(&format!("read oid {loid} fail"));
-                m.add_leaf(loid, &[]);
-            }
-        }
-    }
-}
-
-/// dog's allocation of data object `idx` of `vid` (create -P, clone): the
-/// object (CREATE_AND_WRITE, DIRECT) with `data`, then its map entry.
-/// Err when a step failed (already reported).
-async fn alloc_data_obj(
-    ctx: &Ctx,
-    m: &mut InodeMap,
-    vid: u32,
-    idx: u32,
-    data: &[u8],
-    (copies, policy): (u8, u8),
-) -> Result<(), SdRes> {
-    ctx.write_object(
-        oid::vid_to_data_oid(vid, idx),
-        0,
-        data,
-        0,
-        0,
-        copies,
-        policy,
-        true,
-        true,
-    )
-    .await?;
-    load_leaf(ctx, m, idx).await;
-    let w = m.set(idx, vid);
-    node_writes(ctx, &m.header, w).await;
-    write_vid(ctx, m, idx, vid, 0, true).await
-}
-
-/// `sd_inode_write_vid`: persists data_vdi_id[idx] (flat) or the B-tree
-/// root and btree_counter (hyper).
-async fn write_vid(
-    ctx: &Ctx,
-    m: &InodeMap,
-    idx: u32,
-    vid: u32,
-    fl: u16,
-    direct: bool,
-) -> Result<(), SdRes> {
-    let h = &m.header;
-    let ioid = oid::vid_to_vdi_oid(vid);
-    if !m.is_hyper() {
-        return ctx
-            .write_object(
-                ioid,
-                0,
-                &vid.to_le_bytes(),
-                inode::data_vdi_id_offset(idx),
-                fl,
-                h.nr_copies,
-                h.copy_policy,
-                false,
-                direct,
-            )
-            .await;
-    }
-    let root = m.root_bytes();
-    ctx.write_object(
-        ioid,
-        0,
-        &root,
-        0,
-        fl,
-        h.nr_copies,
-        h.copy_policy,
-        false,
-        false,
-    )
-    .await?;
-    let counter = &m.buf[inode::BTREE_COUNTER_OFFSET..inode::BTREE_COUNTER_OFFSET + 4];
-    ctx.write_object(
-        ioid,
-        0,
-        counter,
-        inode::BTREE_COUNTER_OFFSET as u64,
-        fl,
-        h.nr_copies,
-        h.copy_policy,
-        false,
-        false,
-    )
-    .await
-}
-
-/// Whole-inode reads (12.5 MB) are zero-extended so offsets stay in range.
-fn full_inode(mut b: Vec<u8>) -> Vec<u8> {
-    if b.len() < SD_INODE_SIZE {
-        b.resize(SD_INODE_SIZE, 0);
-    }
-    b
 }
 
 // ------------------------------------------------------------------ cluster
@@ -556,92 +397,64 @@ async fn vdi_create(ctx: &Ctx, inv: &Invocation) -> R<i32> {
     let Some(size) = option_parse_size(size_arg) else {
         return Ok(EXIT_USAGE);
     };
-    let mut shift = d.block_size_shift;
-    let object_size: u64 = if shift != 0 {
-        1u64 << shift
-    } else if d.store_policy == 1 {
-        // Hyper volumes always use the default object size.
-        shift = crate::proto::SD_DEFAULT_BLOCK_SIZE_SHIFT;
-        1u64 << shift
-    } else {
-        let mut h = ReqHeader::for_op(op::CLUSTER_INFO);
-        h.data_length = CLUSTER_INFO_SIZE as u32;
-        let Some(mut rsp) = ctx.exec(h, None).await else {
-            errln("Fail to execute request: SD_OP_CLUSTER_INFO");
-            return Ok(EXIT_FAILURE);
-        };
-        // A short reply reads as zeros (dog's buffer is zeroed), never past the end.
-        rsp.data.resize(CLUSTER_INFO_SIZE, 0);
-        let ctime = get_u64(&rsp.data, 8);
-        if ctime == 0 {
-            errln(&format!(
-                "Failed to create VDI {name}: {}",
-                SdRes::WAIT_FOR_FORMAT.message()
-            ));
-            return Ok(EXIT_FAILURE);
-        }
-        if rsp.result() != SdRes::SUCCESS {
-            errln(&rsp.result().message());
-            return Ok(EXIT_FAILURE);
-        }
-        // dog keeps the object size in a uint32_t.
-        (1u32 << (rsp.data[21] & 31)) as u64
+    let progress = Shared::new();
+    let opts = CreateOptions {
+        copies: d.copies,
+        copy_policy: d.copy_policy,
+        block_size_shift: (d.block_size_shift != 0).then_some(d.block_size_shift),
+        hyper: d.store_policy == 1,
+        prealloc: d.prealloc,
+        progress: Some(progress.func("preallocate")),
     };
-    let old_max = object_size * OLD_MAX_DATA_OBJS;
-    if size > old_max && d.store_policy == 0 {
-        errln(&format!(
-            "VDI size is larger than {} bytes, please use '-y' to create a hyper volume with size up to {} bytes or use '-z' to create larger object size volume",
-            dogfmt::size_str(old_max, ctx.raw),
-            dogfmt::size_str(SD_MAX_VDI_SIZE, ctx.raw)
-        ));
-        return Ok(EXIT_USAGE);
-    }
-    if size > SD_MAX_VDI_SIZE {
-        errln("VDI size is too large");
-        return Ok(EXIT_USAGE);
-    }
-    let vid = match ctx
-        .do_vdi_create(
-            name,
-            size,
-            0,
-            false,
-            d.copies,
-            d.copy_policy,
-            d.store_policy,
-            shift,
-        )
-        .await
-    {
+    let vid = match ctx.client.create_vdi(name, size, &opts).await {
         Ok(v) => v,
-        Err(code) => return Ok(code),
-    };
-    if d.prealloc {
-        let Ok(b) = ctx
-            .read_object(oid::vid_to_vdi_oid(vid), SD_INODE_SIZE as u32, 0, true)
-            .await
-        else {
-            errln("Failed to read a newly created VDI object");
-            return Ok(EXIT_FAILURE);
-        };
-        let Some(mut m) = InodeMap::new(full_inode(b)) else {
-            return Ok(EXIT_FAILURE);
-        };
-        let obj = 1u64 << (m.header.block_size_shift & 31);
-        let max_idx = size.div_ceil(obj) as u32;
-        let total = m.header.vdi_size;
-        for idx in 0..max_idx {
-            show_progress(idx as u64 * obj, total, false);
-            let copies = (m.header.nr_copies, m.header.copy_policy);
-            if alloc_data_obj(ctx, &mut m, vid, idx, &[], copies)
-                .await
-                .is_err()
-            {
-                return Ok(EXIT_FAILURE);
-            }
+        Err(e) => {
+            progress.abort();
+            return Ok(match (step_of(&e), e.root()) {
+                (Some((Step::ClusterInfo, _)), root) => match root.result() {
+                    None => {
+                        report_transport(root);
+                        errln("Fail to execute request: SD_OP_CLUSTER_INFO");
+                        EXIT_FAILURE
+                    }
+                    Some(SdRes::WAIT_FOR_FORMAT) => {
+                        errln(&format!(
+                            "Failed to create VDI {name}: {}",
+                            SdRes::WAIT_FOR_FORMAT.message()
+                        ));
+                        EXIT_FAILURE
+                    }
+                    Some(r) => {
+                        errln(&r.message());
+                        EXIT_FAILURE
+                    }
+                },
+                (None, Error::TooLarge { max, hyper, .. }) => {
+                    if *hyper {
+                        errln("VDI size is too large");
+                    } else {
+                        errln(&format!(
+                            "VDI size is larger than {} bytes, please use '-y' to create a hyper volume with size up to {} bytes or use '-z' to create larger object size volume",
+                            dogfmt::size_str(*max, ctx.raw),
+                            dogfmt::size_str(SD_MAX_VDI_SIZE, ctx.raw)
+                        ));
+                    }
+                    EXIT_USAGE
+                }
+                (Some((Step::NewVdi, _)), root) => report_new_vdi(name, root),
+                (Some((Step::ReadInode, oid)), root) => {
+                    report_object_error(root, oid, false);
+                    errln("Failed to read a newly created VDI object");
+                    EXIT_FAILURE
+                }
+                (Some((_, oid)), root) => {
+                    report_object_error(root, oid, true);
+                    EXIT_FAILURE
+                }
+                (None, root) => report_other(root),
+            });
         }
-        show_progress(max_idx as u64 * obj, total, false);
-    }
+    };
     if ctx.verbose {
         if ctx.raw {
             out(&format!("{vid:x}\n"));
@@ -650,6 +463,73 @@ async fn vdi_create(ctx: &Ctx, inv: &Invocation) -> R<i32> {
         }
     }
     Ok(EXIT_SUCCESS)
+}
+
+/// The step and object of an admin error.
+fn step_of(e: &Error) -> Option<(Step, u64)> {
+    match e {
+        Error::At { step, oid, .. } => Some((*step, *oid)),
+        _ => None,
+    }
+}
+
+/// The result dog's helpers return for a failed request: sheep's answer,
+/// or EIO after the transport lines dog prints.
+fn sd_result(e: &Error) -> SdRes {
+    match e.root() {
+        root if root.result().is_some() => root.result().unwrap_or(SdRes::EIO),
+        // Refused before sending (e.g. an invalid name): say why.
+        Error::Invalid(msg) => {
+            errln(msg);
+            SdRes::INVALID_PARMS
+        }
+        root => {
+            report_transport(root);
+            SdRes::EIO
+        }
+    }
+}
+
+/// A failure without a step: its own message.
+fn report_other(e: &Error) -> i32 {
+    errln(&e.to_string());
+    EXIT_FAILURE
+}
+
+/// dog's `do_vdi_create` failure lines and exit status.
+fn report_new_vdi(name: &str, e: &Error) -> i32 {
+    match e.result() {
+        Some(r) => {
+            errln(&format!("Failed to create VDI {name}: {}", r.message()));
+            EXIT_FAILURE
+        }
+        None if matches!(e, Error::Invalid(_)) => report_other(e),
+        None => {
+            report_transport(e);
+            EXIT_SYSFAIL
+        }
+    }
+}
+
+/// dog's `open_vdi` failure line.
+fn report_open(e: &Error, name: &str, snapid: u32, tag: &str) -> i32 {
+    let r = sd_result(e);
+    errln(&format!(
+        "Failed to open VDI {name} (snapshot id: {} snapshot tag: {tag}): {}",
+        snapid as i32,
+        r.message()
+    ));
+    EXIT_FAILURE
+}
+
+/// dog's `read_vdi_obj` failure lines: the lookup or the inode read.
+fn report_read_vdi_obj(e: &Error, oid: u64, name: &str, snapid: u32, tag: &str) -> i32 {
+    if oid == 0 {
+        return report_open(e, name, snapid, tag);
+    }
+    report_object_error(e.root(), oid, false);
+    report_vdi_read_failure(name, snapid, tag);
+    EXIT_FAILURE
 }
 
 // ------------------------------------------------------------------ snapshot / clone
@@ -661,63 +541,14 @@ async fn vdi_snapshot(ctx: &Ctx, inv: &Invocation) -> R<i32> {
         errln("Please specify a non-integer value for a snapshot tag name");
         return Ok(EXIT_USAGE);
     }
-    let (vid, hb) = match ctx.find_vdi_name(name, 0, &d.snapshot_tag).await {
-        Err(SdRes::NO_TAG) => match ctx.read_vdi_obj(name, 0, "", SD_INODE_HEADER_SIZE).await {
-            Ok(x) => x,
-            Err(code) => return Ok(code),
-        },
-        Ok(vid) => {
-            let b = match ctx
-                .read_object(
-                    oid::vid_to_vdi_oid(vid),
-                    SD_INODE_HEADER_SIZE as u32,
-                    0,
-                    true,
-                )
-                .await
-            {
-                Ok(b) => b,
-                // dog returns the result code itself as the exit status.
-                Err(r) => return Ok(r.0 as i32),
-            };
-            let snap = InodeHeader::decode(&b).is_some_and(|h| h.is_snapshot());
-            if snap {
-                errln(&format!(
-                    "Failed to create snapshot for {name}, maybe snapshot id ({}) or tag ({}) is existed",
-                    d.snapshot_id as i32, d.snapshot_tag
-                ));
-                return Ok(EXIT_FAILURE);
-            }
-            (vid, b)
-        }
-        Err(r) => {
-            errln(&format!(
-                "Failed to create snapshot for {name}: {}",
-                r.message()
-            ));
-            return Ok(EXIT_FAILURE);
-        }
-    };
-    let Some(h) = InodeHeader::decode(&hb) else {
-        return Ok(EXIT_FAILURE);
-    };
-    if h.store_policy != 0 {
-        errln("creating a snapshot of hypervolume is not supported");
-        return Ok(EXIT_FAILURE);
-    }
-    if d.reduce_identical_snapshots {
-        let b = match ctx
-            .read_object(oid::vid_to_vdi_oid(vid), SD_INODE_SIZE as u32, 0, true)
-            .await
-        {
-            Ok(b) => full_inode(b),
-            Err(r) => return Ok(r.0 as i32),
-        };
-        let own = (0..inode::SD_INODE_DATA_INDEX).any(|i| {
-            let v = get_u32(&b, SD_INODE_HEADER_SIZE + 4 * i);
-            v != 0 && v == vid
-        });
-        if !own {
+    let tag = d.snapshot_tag.as_str();
+    let r = ctx
+        .client
+        .snapshot_vdi_with(name, tag, d.reduce_identical_snapshots)
+        .await;
+    let (vid, new_vid) = match r {
+        Ok(Some(v)) => v,
+        Ok(None) => {
             if ctx.verbose {
                 errln(&format!(
                     "VDI {name} doesn't have its own objects, skipping creation of snapshot"
@@ -725,38 +556,39 @@ async fn vdi_snapshot(ctx: &Ctx, inv: &Invocation) -> R<i32> {
             }
             return Ok(EXIT_SUCCESS);
         }
-    }
-    if let Err(r) = ctx
-        .write_object(
-            oid::vid_to_vdi_oid(vid),
-            0,
-            &cname(&d.snapshot_tag, 256),
-            inode::TAG_OFFSET as u64,
-            0,
-            h.nr_copies,
-            h.copy_policy,
-            false,
-            false,
-        )
-        .await
-    {
-        return Ok(r.0 as i32);
-    }
-    let new_vid = match ctx
-        .do_vdi_create(
-            name,
-            h.vdi_size,
-            vid,
-            true,
-            h.nr_copies,
-            h.copy_policy,
-            h.store_policy,
-            h.block_size_shift,
-        )
-        .await
-    {
-        Ok(v) => v,
-        Err(code) => return Ok(code),
+        Err(e) => {
+            let root = e.root();
+            // dog returns the result code itself as the exit status here.
+            let code = |write| {
+                let oid = step_of(&e).map_or(0, |s| s.1);
+                report_object_error(root, oid, write);
+                root.result().unwrap_or(SdRes::EIO).0 as i32
+            };
+            return Ok(match step_of(&e) {
+                Some((Step::LookupTag, 0)) if root.result() == Some(SdRes::VDI_EXIST) => {
+                    errln(&format!(
+                        "Failed to create snapshot for {name}, maybe snapshot id ({}) or tag ({tag}) is existed",
+                        d.snapshot_id as i32
+                    ));
+                    EXIT_FAILURE
+                }
+                Some((Step::LookupTag, 0)) => {
+                    let r = sd_result(&e);
+                    errln(&format!(
+                        "Failed to create snapshot for {name}: {}",
+                        r.message()
+                    ));
+                    EXIT_FAILURE
+                }
+                Some((Step::LookupTag | Step::ReadMap, _)) => code(false),
+                Some((Step::WriteInode, _)) => code(true),
+                Some((Step::Lookup | Step::ReadInode, oid)) => {
+                    report_read_vdi_obj(&e, oid, name, 0, "")
+                }
+                Some((Step::NewVdi, _)) => report_new_vdi(name, root),
+                _ => report_other(root),
+            });
+        }
     };
     if ctx.verbose {
         if ctx.raw {
@@ -782,77 +614,38 @@ async fn vdi_clone(ctx: &Ctx, inv: &Invocation) -> R<i32> {
         errln("Please specify the '-s' option");
         return Ok(EXIT_USAGE);
     }
-    let (mut base, b) = match ctx
-        .read_vdi_obj(src, d.snapshot_id, &d.snapshot_tag, SD_INODE_SIZE)
-        .await
-    {
-        Ok(x) => x,
-        Err(code) => return Ok(code),
-    };
-    let Some(mut src_map) = InodeMap::new(full_inode(b)) else {
-        return Ok(EXIT_FAILURE);
-    };
-    let h = src_map.header.clone();
-    if d.no_share {
-        base = 0;
-    }
-    let new_vid = match ctx
-        .do_vdi_create(
+    let (snapid, tag) = (d.snapshot_id, d.snapshot_tag.as_str());
+    let progress = Shared::new();
+    let func = progress.func("clone");
+    let r = ctx
+        .client
+        .clone_vdi_with(
+            src,
+            &snap_sel(snapid, tag),
             dst,
-            h.vdi_size,
-            base,
-            false,
-            h.nr_copies,
-            h.copy_policy,
-            h.store_policy,
-            h.block_size_shift,
+            d.prealloc,
+            d.no_share,
+            Some(&func),
         )
-        .await
-    {
+        .await;
+    let new_vid = match r {
         Ok(v) => v,
-        Err(code) => return Ok(code),
-    };
-    if d.prealloc || d.no_share {
-        let nb = match ctx.read_vdi_obj(dst, 0, "", SD_INODE_HEADER_SIZE).await {
-            Ok((_, b)) => b,
-            Err(code) => return Ok(code),
-        };
-        let Some(mut new_map) = InodeMap::new(nb) else {
-            return Ok(EXIT_FAILURE);
-        };
-        let obj = 1u64 << (h.block_size_shift & 31);
-        let max_idx = h.nr_objs() as u32;
-        let mut buf: Vec<u8> = Vec::new();
-        for idx in 0..max_idx {
-            show_progress(idx as u64 * obj, h.vdi_size, false);
-            load_leaf(ctx, &mut src_map, idx).await;
-            let vdi_id = src_map.get(idx);
-            let size = if vdi_id != 0 {
-                match ctx
-                    .read_object(oid::vid_to_data_oid(vdi_id, idx), obj as u32, 0, true)
-                    .await
-                {
-                    Ok(b) => buf = b,
-                    Err(_) => return Ok(EXIT_FAILURE),
+        Err(e) => {
+            progress.abort();
+            return Ok(match step_of(&e) {
+                Some((Step::Lookup | Step::ReadInode, oid)) => {
+                    report_read_vdi_obj(&e, oid, src, snapid, tag)
                 }
-                obj as usize
-            } else if d.no_share && !d.prealloc {
-                continue;
-            } else {
-                0
-            };
-            // The data is written with the source's redundancy, as dog does.
-            let data = &buf[..size.min(buf.len())];
-            let copies = (h.nr_copies, h.copy_policy);
-            if alloc_data_obj(ctx, &mut new_map, new_vid, idx, data, copies)
-                .await
-                .is_err()
-            {
-                return Ok(EXIT_FAILURE);
-            }
+                Some((Step::Reopen, oid)) => report_read_vdi_obj(&e, oid, dst, 0, ""),
+                Some((Step::NewVdi, _)) => report_new_vdi(dst, e.root()),
+                Some((step, oid)) => {
+                    report_object_error(e.root(), oid, step != Step::ReadData);
+                    EXIT_FAILURE
+                }
+                None => report_other(&e),
+            });
         }
-        show_progress(max_idx as u64 * obj, h.vdi_size, false);
-    }
+    };
     if ctx.verbose {
         if ctx.raw {
             out(&format!("{new_vid:x}\n"));
@@ -869,102 +662,41 @@ async fn vdi_delete(ctx: &Ctx, inv: &Invocation) -> R<i32> {
     let d = &inv.data;
     let name = inv.rest[0].as_str();
     let (snapid, tag) = (d.snapshot_id, d.snapshot_tag.as_str());
-    let batch = if d.nr_batched_reclamation == 0 {
-        128
-    } else {
-        d.nr_batched_reclamation
+    let opts = DeleteOptions {
+        batch: d.nr_batched_reclamation as u32,
+        interval: std::time::Duration::from_secs(d.reclamation_interval as u64),
+        max_reclaim: d.nr_max_reclaim as u64,
+        dog_hyper_walk: true,
     };
+    let r = ctx
+        .client
+        .delete_vdi_with(name, &snap_sel(snapid, tag), &opts)
+        .await;
     // dog's do_vdi_delete reports problems but always exits 0.
-    let Ok(vid) = ctx.open_vdi(name, snapid, tag).await else {
-        return Ok(EXIT_SUCCESS);
-    };
-    let ioid = oid::vid_to_vdi_oid(vid);
-    let mut b = match ctx.read_object(ioid, SD_INODE_SIZE as u32, 0, false).await {
-        Ok(b) => full_inode(b),
-        Err(_) => {
-            errln(&format!("failed to read inode object: {ioid:016x}"));
-            return Ok(EXIT_SUCCESS);
-        }
-    };
-    let Some(h) = InodeHeader::decode(&b) else {
-        return Ok(EXIT_SUCCESS);
-    };
-    // The map is walked as a flat array even for hyper volumes, as dog does.
-    let nr_objs = h.nr_objs() as i32 as i64;
-    let cap = ((SD_INODE_SIZE - SD_INODE_HEADER_SIZE) / 4) as i64;
-    let entry = |b: &[u8], i: i64| -> u32 {
-        if i < cap {
-            get_u32(b, SD_INODE_HEADER_SIZE + 4 * i as usize)
-        } else {
-            0
-        }
-    };
-    let max = d.nr_max_reclaim as i64;
-    let (mut i, mut reclaimed) = (0i64, 0i64);
-    while i < nr_objs {
-        if max != 0 && max <= reclaimed {
-            break;
-        }
-        while i < nr_objs && entry(&b, i) == 0 {
-            i += 1;
-        }
-        let start = i;
-        let mut filled = 0;
-        while i < nr_objs && filled < batch {
-            if entry(&b, i) != 0 {
-                put_u32(&mut b, SD_INODE_HEADER_SIZE + 4 * i as usize, 0);
-                filled += 1;
-                reclaimed += 1;
+    if let Err(e) = r {
+        match step_of(&e) {
+            Some((Step::Lookup, _)) => {
+                report_open(&e, name, snapid, tag);
             }
-            i += 1;
-            if max != 0 && max <= reclaimed {
-                break;
+            Some((Step::ReadInode, oid)) => {
+                report_object_error(e.root(), oid, false);
+                errln(&format!("failed to read inode object: {oid:016x}"));
             }
-        }
-        let from = SD_INODE_HEADER_SIZE + 4 * start.min(cap) as usize;
-        let to = SD_INODE_HEADER_SIZE + 4 * i.min(cap) as usize;
-        if ctx
-            .write_object(
-                ioid,
-                0,
-                &b[from..to],
-                from as u64,
-                0,
-                h.nr_copies,
-                h.copy_policy,
-                false,
-                true,
-            )
-            .await
-            .is_err()
-        {
-            errln(&format!(
-                "failed to update inode for discarding objects: {ioid:016x}"
-            ));
-            return Ok(EXIT_SUCCESS);
-        }
-        if i < nr_objs && d.reclamation_interval > 0 {
-            tokio::time::sleep(std::time::Duration::from_secs(
-                d.reclamation_interval as u64,
-            ))
-            .await;
-        }
-    }
-    if max != 0 {
-        return Ok(EXIT_SUCCESS);
-    }
-    let mut hd = ReqHeader::for_op(op::DEL_VDI);
-    hd.args = VdiArgs {
-        snapid,
-        ..Default::default()
-    }
-    .encode();
-    if let Some(rsp) = ctx.exec(hd, Some(name_tag(name, tag))).await {
-        if rsp.result() != SdRes::SUCCESS {
-            errln(&format!(
-                "Failed to delete {name}: {}",
-                rsp.result().message()
-            ));
+            Some((Step::WriteInode, oid)) => {
+                report_object_error(e.root(), oid, true);
+                errln(&format!(
+                    "failed to update inode for discarding objects: {oid:016x}"
+                ));
+            }
+            Some((Step::DelVdi, _)) => match e.result() {
+                Some(r) => errln(&format!("Failed to delete {name}: {}", r.message())),
+                None => {
+                    sd_result(&e);
+                }
+            },
+            _ => {
+                report_other(&e);
+            }
         }
     }
     Ok(EXIT_SUCCESS)
@@ -979,53 +711,32 @@ async fn vdi_resize(ctx: &Ctx, inv: &Invocation) -> R<i32> {
     let Some(new_size) = option_parse_size(arg) else {
         return Ok(EXIT_USAGE);
     };
-    let (vid, mut b) = match ctx.read_vdi_obj(name, 0, "", SD_INODE_HEADER_SIZE).await {
-        Ok(x) => x,
-        Err(code) => return Ok(code),
+    let Err(e) = ctx.client.resize_vdi(name, new_size).await else {
+        return Ok(EXIT_SUCCESS);
     };
-    let Some(h) = InodeHeader::decode(&b) else {
-        return Ok(EXIT_FAILURE);
-    };
-    let object_size = (1u32 << (h.block_size_shift & 31)) as u64;
-    let old_max = object_size * OLD_MAX_DATA_OBJS;
-    if h.store_policy == 0 {
-        if new_size > old_max {
-            errln(&format!(
-                "New VDI size is too large. This volume's max size is {old_max}"
-            ));
-            return Ok(EXIT_USAGE);
+    Ok(match (step_of(&e), e.root()) {
+        (Some((Step::Lookup | Step::ReadInode, oid)), _) => {
+            report_read_vdi_obj(&e, oid, name, 0, "")
         }
-    } else if new_size > SD_MAX_VDI_SIZE {
-        errln(&format!(
-            "New VDI size is too large This volume's max size is {SD_MAX_VDI_SIZE}"
-        ));
-        return Ok(EXIT_USAGE);
-    }
-    if new_size < h.vdi_size {
-        errln("Shrinking VDIs is not implemented");
-        return Ok(EXIT_USAGE);
-    }
-    put_u64(&mut b, 536, new_size);
-    b.resize(SD_INODE_HEADER_SIZE, 0);
-    if ctx
-        .write_object(
-            oid::vid_to_vdi_oid(vid),
-            0,
-            &b,
-            0,
-            0,
-            h.nr_copies,
-            h.copy_policy,
-            false,
-            true,
-        )
-        .await
-        .is_err()
-    {
-        errln("Failed to update an inode header");
-        return Ok(EXIT_FAILURE);
-    }
-    Ok(EXIT_SUCCESS)
+        (Some((Step::WriteInode, oid)), root) => {
+            report_object_error(root, oid, true);
+            errln("Failed to update an inode header");
+            EXIT_FAILURE
+        }
+        (None, Error::TooLarge { max, hyper, .. }) => {
+            let dot = if *hyper { "" } else { "." };
+            errln(&format!(
+                "New VDI size is too large{dot} This volume's max size is {max}"
+            ));
+            EXIT_USAGE
+        }
+        // Shrinking.
+        (None, Error::Invalid(msg)) => {
+            errln(msg);
+            EXIT_USAGE
+        }
+        (_, root) => report_other(root),
+    })
 }
 
 // ------------------------------------------------------------------ read / write
@@ -1068,13 +779,7 @@ async fn open_volume(
             return Err(EXIT_FAILURE);
         }
     };
-    let sel = if snapid != 0 {
-        SnapSel::Id(snapid)
-    } else if !tag.is_empty() {
-        SnapSel::Tag(tag.to_string())
-    } else {
-        SnapSel::Working
-    };
+    let sel = snap_sel(snapid, tag);
     let vol = Volume::open_resolved(
         ctx.client.clone(),
         name,
@@ -1130,12 +835,14 @@ async fn vdi_read(ctx: &Ctx, inv: &Invocation) -> R<i32> {
     offset %= obj;
     let mut done = 0u64;
     let mut stdout = std::io::stdout().lock();
+    let mut progress = Progress::stderr("read", total);
     // One object piece at a time, as dog reads.
     while done < total {
         let len = (total - done).min(obj - offset);
         let buf = match vol.read_at(pos, len as usize).await {
             Ok(b) => b,
             Err(e) => {
+                progress.abort();
                 let idx = pos / obj;
                 let doid = oid::vid_to_data_oid(inode.map.get(idx), idx as u32);
                 report_object_error(&e, doid, false);
@@ -1144,12 +851,14 @@ async fn vdi_read(ctx: &Ctx, inv: &Invocation) -> R<i32> {
             }
         };
         if stdout.write_all(&buf).is_err() {
+            progress.abort();
             errln(&format!("Failed to write to stdout: {}", last_os_error()));
             return Ok(EXIT_SYSFAIL);
         }
         offset = 0;
         pos += len;
         done += len;
+        progress.update(done);
     }
     let _ = stdout.flush();
     Ok(EXIT_SUCCESS)
@@ -1185,22 +894,36 @@ async fn vdi_write(ctx: &Ctx, inv: &Invocation) -> R<i32> {
         errln("Write offset is beyond the end of the VDI");
         return Ok(EXIT_FAILURE);
     }
+    let room = size - offset;
+    let explicit_len = inv.rest.len() > 2;
+    // Deliberately unlike dog, which writes what fits and exits 0.
+    if explicit_len && total > room {
+        errln(&format!(
+            "Write of {total} bytes at offset {offset} goes past the end of VDI {name} ({size} bytes); nothing was written"
+        ));
+        return Ok(EXIT_FAILURE);
+    }
+    let start = offset;
     let obj = vol.object_size();
-    total = total.min(size - offset);
+    total = total.min(room);
     let mut pos = offset;
     offset %= obj;
     let mut done = 0u64;
+    let mut progress = Progress::stderr("write", total);
     // One object piece at a time: read that much of stdin, write it.
     while done < total {
         let len = (total - done).min(obj - offset);
         let mut buf = vec![0u8; len as usize];
         match xread(&mut buf) {
             Ok(n) if (n as u64) < len => {
-                // Short input: send this (zero-padded) piece, then stop.
-                total = done + len;
+                // Short input: write what came, then stop. (dog zero-pads
+                // the piece, overwriting what follows the input.)
+                buf.truncate(n);
+                total = done + n as u64;
             }
             Ok(_) => {}
             Err(e) => {
+                progress.abort();
                 errln(&format!(
                     "Failed to read from stdin: {}",
                     super::dog::strerror(&e)
@@ -1208,7 +931,11 @@ async fn vdi_write(ctx: &Ctx, inv: &Invocation) -> R<i32> {
                 return Ok(EXIT_SYSFAIL);
             }
         }
+        if buf.is_empty() {
+            break;
+        }
         if let Err(e) = vol.write_at(pos, &buf).await {
+            progress.abort();
             let idx = pos / obj;
             let doid = oid::vid_to_data_oid(vol.vid(), idx as u32);
             report_object_error(&e, doid, true);
@@ -1216,10 +943,24 @@ async fn vdi_write(ctx: &Ctx, inv: &Invocation) -> R<i32> {
             return Ok(EXIT_FAILURE);
         }
         offset = 0;
-        pos += len;
-        done += len;
+        pos += buf.len() as u64;
+        done += buf.len() as u64;
+        progress.update(done);
+    }
+    // Input left over at the end of the VDI: dog drops it silently.
+    if !explicit_len && done == room && !stdin_at_eof() {
+        errln(&format!(
+            "Input is longer than VDI {name}: wrote {done} bytes from offset {start} up to its end ({size} bytes); the rest of the input was not written"
+        ));
+        return Ok(EXIT_FAILURE);
     }
     Ok(EXIT_SUCCESS)
+}
+
+/// True when stdin has no more bytes (or cannot be read).
+fn stdin_at_eof() -> bool {
+    let mut b = [0u8; 1];
+    !matches!(xread(&mut b), Ok(1))
 }
 
 // ------------------------------------------------------------------ attributes

@@ -5,16 +5,13 @@
 use super::{errln, Exit, EXIT_FAILURE, EXIT_SYSFAIL, R};
 use crate::client::list::live_vids;
 use crate::client::{
-    Client, Error, Options, Request, Response, ScanOptions, ScanStage, SheepAddr, VdiEntry,
+    Client, Error, Options, Request, Response, ScanOptions, ScanStage, SheepAddr, SnapSel, VdiEntry,
 };
 use crate::proto::bitmap::VidBitmap;
-use crate::proto::bytes::{get_u32, put_u32};
-use crate::proto::header::{ObjArgs, VdiArgs, VdiRsp};
-use crate::proto::inode::{self, Btree, InodeHeader, SD_INODE_HEADER_SIZE};
+use crate::proto::header::ObjArgs;
+use crate::proto::inode;
 use crate::proto::node::{SdNode, SD_NODE_SIZE};
-use crate::proto::{
-    flags, oid, op, ReqHeader, SdRes, SD_MAX_NODES, SD_MAX_VDI_LEN, VDI_BITMAP_SIZE,
-};
+use crate::proto::{flags, op, ReqHeader, SdRes, SD_MAX_NODES, VDI_BITMAP_SIZE};
 use futures::StreamExt;
 use std::collections::HashMap;
 
@@ -200,69 +197,15 @@ impl Ctx {
         Ok(d)
     }
 
-    /// `dog_write_object`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn write_object(
-        &self,
-        oid: u64,
-        cow_oid: u64,
-        data: &[u8],
-        offset: u64,
-        fl: u16,
-        copies: u8,
-        copy_policy: u8,
-        create: bool,
-        direct: bool,
-    ) -> Result<(), SdRes> {
-        let mut h = ReqHeader::for_op(if create {
-            op::CREATE_AND_WRITE_OBJ
-        } else {
-            op::WRITE_OBJ
-        });
-        h.flags = fl | flags::CMD_WRITE;
-        if cow_oid != 0 {
-            h.flags |= flags::CMD_COW;
-        }
-        if direct {
-            h.flags |= flags::CMD_DIRECT;
-        }
-        h.args = ObjArgs {
-            oid,
-            cow_oid,
-            copies,
-            copy_policy,
-            offset: offset as u32,
-            ..Default::default()
-        }
-        .encode();
-        let Some(rsp) = self.exec(h, Some(data.to_vec())).await else {
-            errln(&format!("Failed to write object {oid:016x}"));
-            return Err(SdRes::EIO);
-        };
-        if rsp.result() != SdRes::SUCCESS {
-            errln(&format!(
-                "Failed to write object {oid:016x}: {}",
-                rsp.result().message()
-            ));
-            return Err(rsp.result());
-        }
-        Ok(())
-    }
-
-    /// `find_vdi_name`: GET_VDI_INFO with name + tag (512 bytes).
+    /// `find_vdi_name`: GET_VDI_INFO with name + tag (512 bytes). A
+    /// transport failure prints dog's lines and is EIO.
     pub async fn find_vdi_name(&self, name: &str, snapid: u32, tag: &str) -> Result<u32, SdRes> {
-        let mut h = ReqHeader::for_op(op::GET_VDI_INFO);
-        h.args = VdiArgs {
-            snapid,
-            ..Default::default()
-        }
-        .encode();
-        let Some(rsp) = self.exec(h, Some(name_tag(name, tag))).await else {
-            return Err(SdRes::EIO);
-        };
-        match rsp.result() {
-            SdRes::SUCCESS => Ok(VdiRsp::decode(&rsp.hdr.args).vdi_id),
-            r => Err(r),
+        match self.client.vdi_lookup(name, &snap_sel(snapid, tag)).await {
+            Ok(id) => Ok(id.vid),
+            Err(e) => Err(e.result().unwrap_or_else(|| {
+                report_transport(&e);
+                SdRes::EIO
+            })),
         }
     }
 
@@ -277,68 +220,6 @@ impl Ctx {
                     r.message()
                 ))
             })
-    }
-
-    /// `read_vdi_obj`: lookup plus one inode read of `size` bytes (DIRECT).
-    pub async fn read_vdi_obj(
-        &self,
-        name: &str,
-        snapid: u32,
-        tag: &str,
-        size: usize,
-    ) -> Result<(u32, Vec<u8>), i32> {
-        let vid = self
-            .open_vdi(name, snapid, tag)
-            .await
-            .map_err(|_| EXIT_FAILURE)?;
-        match self
-            .read_object(oid::vid_to_vdi_oid(vid), size as u32, 0, true)
-            .await
-        {
-            Ok(b) => Ok((vid, b)),
-            Err(_) => {
-                report_vdi_read_failure(name, snapid, tag);
-                Err(EXIT_FAILURE)
-            }
-        }
-    }
-
-    /// `do_vdi_create`: NEW_VDI. Ok(vid) or the exit code.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn do_vdi_create(
-        &self,
-        name: &str,
-        size: u64,
-        base: u32,
-        snapshot: bool,
-        copies: u8,
-        copy_policy: u8,
-        store_policy: u8,
-        block_size_shift: u8,
-    ) -> Result<u32, i32> {
-        let mut h = ReqHeader::for_op(op::NEW_VDI);
-        h.args = VdiArgs {
-            vdi_size: size,
-            base_vdi_id: base,
-            copies,
-            copy_policy,
-            store_policy,
-            block_size_shift,
-            snapid: snapshot as u32,
-            ..Default::default()
-        }
-        .encode();
-        let Some(rsp) = self.exec(h, Some(cname(name, SD_MAX_VDI_LEN))).await else {
-            return Err(EXIT_SYSFAIL);
-        };
-        if rsp.result() != SdRes::SUCCESS {
-            errln(&format!(
-                "Failed to create VDI {name}: {}",
-                rsp.result().message()
-            ));
-            return Err(EXIT_FAILURE);
-        }
-        Ok(VdiRsp::decode(&rsp.hdr.args).vdi_id)
     }
 
     /// `parse_vdi`: READ_VDIS, READ_DEL_VDIS, then per live vid the inode
@@ -425,6 +306,17 @@ fn report_read_error(oid: u64, e: &Error) -> SdRes {
     }
 }
 
+/// dog's `-s ID` or `-s TAG` (or neither) as a selector.
+pub fn snap_sel(snapid: u32, tag: &str) -> SnapSel {
+    if snapid != 0 {
+        SnapSel::Id(snapid)
+    } else if !tag.is_empty() {
+        SnapSel::Tag(tag.to_string())
+    } else {
+        SnapSel::Working
+    }
+}
+
 /// Prints what dog prints when a request cannot be exchanged.
 pub fn report_transport(e: &Error) {
     match e {
@@ -467,158 +359,4 @@ pub fn cname(s: &str, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     v[..n].copy_from_slice(&b[..n]);
     v
-}
-
-/// name[256] + tag[256].
-pub fn name_tag(name: &str, tag: &str) -> Vec<u8> {
-    let mut v = cname(name, SD_MAX_VDI_LEN);
-    v.extend_from_slice(&cname(tag, 256));
-    v
-}
-
-/// The data map of a whole inode read, as dog's `sd_inode_get_vid` /
-/// `sd_inode_set_vid` see it.
-pub struct InodeMap {
-    /// The inode bytes as read (header + map + gref for whole reads).
-    pub buf: Vec<u8>,
-    pub header: InodeHeader,
-    tree: Option<Btree>,
-}
-
-/// A B-tree node write an update needs (dog's writer calls).
-pub struct NodeWrite {
-    pub oid: u64,
-    pub data: Vec<u8>,
-    pub offset: u64,
-    pub create: bool,
-}
-
-impl InodeMap {
-    pub fn new(buf: Vec<u8>) -> Option<InodeMap> {
-        let header = InodeHeader::decode(&buf)?;
-        let mut m = InodeMap {
-            buf,
-            header,
-            tree: None,
-        };
-        if m.header.store_policy != 0 {
-            let area = &m.buf[SD_INODE_HEADER_SIZE.min(m.buf.len())..];
-            m.tree = Some(Btree::from_root(area).unwrap_or(Btree {
-                depth: 1,
-                ..Default::default()
-            }));
-        }
-        Some(m)
-    }
-
-    pub fn is_hyper(&self) -> bool {
-        self.tree.is_some()
-    }
-
-    /// Leaf oids a depth-2 lookup of `idx` needs that are not loaded yet.
-    pub fn missing_leaf(&self, idx: u32) -> Option<u64> {
-        let t = self.tree.as_ref()?;
-        if t.depth != 2 {
-            return None;
-        }
-        let pos = t.root_indirect.partition_point(|e| e.0 < idx);
-        let pos = if pos < t.root_indirect.len() {
-            pos
-        } else {
-            t.root_indirect.len().checked_sub(1)?
-        };
-        let oid = t.root_indirect[pos].1;
-        (!t.leaves.contains_key(&oid)).then_some(oid)
-    }
-
-    pub fn add_leaf(&mut self, oid: u64, data: &[u8]) {
-        if let Some(t) = self.tree.as_mut() {
-            if t.add_leaf(oid, data).is_err() {
-                t.leaves.insert(oid, Vec::new());
-            }
-        }
-    }
-
-    /// `sd_inode_get_vid`.
-    pub fn get(&self, idx: u32) -> u32 {
-        match &self.tree {
-            None => {
-                let o = inode::data_vdi_id_offset(idx) as usize;
-                if o + 4 <= self.buf.len() {
-                    get_u32(&self.buf, o)
-                } else {
-                    0
-                }
-            }
-            Some(t) => t.get(idx),
-        }
-    }
-
-    /// `sd_inode_set_vid`: updates memory; returns the B-tree node writes
-    /// dog's writer would issue.
-    pub fn set(&mut self, idx: u32, vid: u32) -> Vec<NodeWrite> {
-        let Some(t) = self.tree.as_mut() else {
-            let o = inode::data_vdi_id_offset(idx) as usize;
-            if o + 4 <= self.buf.len() {
-                put_u32(&mut self.buf, o, vid);
-            }
-            return Vec::new();
-        };
-        let mut writes = Vec::new();
-        // An existing entry in a leaf object: dog writes just its vdi_id.
-        if t.depth == 2 {
-            let pos = t.root_indirect.partition_point(|e| e.0 < idx);
-            if let Some(&(_, loid)) = t.root_indirect.get(pos) {
-                if let Some(leaf) = t.leaves.get_mut(&loid) {
-                    if let Ok(i) = leaf.binary_search_by_key(&idx, |e| e.0) {
-                        leaf[i].1 = vid;
-                        writes.push(NodeWrite {
-                            oid: loid,
-                            data: vid.to_le_bytes().to_vec(),
-                            offset: (8 + 8 * i + 4) as u64,
-                            create: false,
-                        });
-                        return writes;
-                    }
-                }
-            }
-        }
-        let own = self.header.vdi_id;
-        let mut counter = self.header.btree_counter;
-        let mut next = || {
-            counter += 1;
-            oid::vid_to_btree_oid(own, counter - 1)
-        };
-        let up = match t.set(idx, vid, &mut next) {
-            Ok(u) => u,
-            Err(_) => return writes,
-        };
-        self.header.btree_counter = counter;
-        put_u32(&mut self.buf, inode::BTREE_COUNTER_OFFSET, counter);
-        for (oids, create) in [(&up.created, true), (&up.modified, false)] {
-            for &l in oids {
-                if let Some(node) = t.encode_leaf_node(l) {
-                    let mut data = node;
-                    data.resize(inode::BTREE_NODE_SIZE, 0);
-                    writes.push(NodeWrite {
-                        oid: l,
-                        data,
-                        offset: 0,
-                        create,
-                    });
-                }
-            }
-        }
-        let root = t.encode_root();
-        let end = (SD_INODE_HEADER_SIZE + root.len()).min(self.buf.len());
-        self.buf[SD_INODE_HEADER_SIZE..end].copy_from_slice(&root[..end - SD_INODE_HEADER_SIZE]);
-        writes
-    }
-
-    /// The bytes `sd_inode_write` sends for a B-tree inode: header + root.
-    pub fn root_bytes(&self) -> Vec<u8> {
-        let meta = self.tree.as_ref().map(|t| t.root_meta_size()).unwrap_or(0);
-        let end = (SD_INODE_HEADER_SIZE + meta).min(self.buf.len());
-        self.buf[..end].to_vec()
-    }
 }

@@ -10,6 +10,7 @@
 mod cmds;
 pub mod dog;
 pub mod getopt;
+mod progress;
 
 use crate::client::{Options, SheepAddr};
 use dog::Ctx;
@@ -538,78 +539,27 @@ fn c_strtoull16(s: &str) -> (u64, usize) {
     )
 }
 
-/// dog's `option_parse_size` (strtod, then one optional B/K/M/G/T/P suffix).
+/// dog's `option_parse_size`: [`crate::util::size_value`]'s grammar with
+/// dog's messages and its `(uint64_t)` cast of negatives; 2^64 and more is
+/// refused where dog wraps to 0.
 pub fn option_parse_size(value: &str) -> Option<u64> {
-    let b = value.as_bytes();
-    let mut i = 0;
-    while i < b.len() && (b[i] == b' ' || (9..=13).contains(&b[i])) {
-        i += 1;
-    }
-    let num_start = i;
-    if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
-        i += 1;
-    }
-    let digits_start = i;
-    while i < b.len() && b[i].is_ascii_digit() {
-        i += 1;
-    }
-    let mut had_digits = i > digits_start;
-    if i < b.len() && b[i] == b'.' {
-        let j = i + 1;
-        let mut k = j;
-        while k < b.len() && b[k].is_ascii_digit() {
-            k += 1;
-        }
-        if k > j || had_digits {
-            had_digits |= k > j;
-            i = k;
-        }
-    }
-    let mut end = i;
-    if had_digits && i < b.len() && (b[i] | 0x20) == b'e' {
-        let mut k = i + 1;
-        if k < b.len() && (b[k] == b'+' || b[k] == b'-') {
-            k += 1;
-        }
-        let ds = k;
-        while k < b.len() && b[k].is_ascii_digit() {
-            k += 1;
-        }
-        if k > ds {
-            end = k;
-        }
-    }
-    let (sizef, post) = if had_digits {
-        let f: f64 = value[num_start..end].parse().unwrap_or(0.0);
-        (f, &b[end..])
-    } else {
-        (0.0, b)
-    };
-    let fail = || {
+    let Some(v) = crate::util::size_value(value) else {
         errln(&format!("Invalid size '{value}'"));
         errln("You may use B, K, M, G, T or P suffixes for bytes, kilobytes, megabytes, gigabytes, terabytes and petabytes.");
-        None
+        return None;
     };
-    if post.len() > 1 {
-        return fail();
+    if v >= 18446744073709551616.0 {
+        // Deliberately unlike dog, whose (uint64_t) cast makes this 0.
+        errln(&format!(
+            "Invalid size '{value}': sizes and offsets must be below 16 EB (2^64 bytes)"
+        ));
+        return None;
     }
-    let mult: f64 = match post.first().map(|c| c.to_ascii_uppercase()) {
-        None | Some(b'B') => 1.0,
-        Some(b'K') => 1024.0,
-        Some(b'M') => 1024.0 * 1024.0,
-        Some(b'G') => 1024.0 * 1024.0 * 1024.0,
-        Some(b'T') => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        Some(b'P') => 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return fail(),
-    };
-    let v = sizef * mult;
     // (uint64_t) of a double on x86-64, including its wrap for negatives.
     Some(if v.is_nan() {
         1u64 << 63
     } else if v < 0.0 {
         (v as i64) as u64
-    } else if v >= 18446744073709551616.0 {
-        0
     } else {
         v as u64
     })
@@ -704,6 +654,20 @@ pub struct CmdData {
     pub diff: bool,
 }
 
+/// Names, tags and keys travel in 256-byte fields with a NUL: dog cuts
+/// longer ones to 255 bytes (and may then act on another VDI); we refuse.
+pub fn check_len(what: &str, s: &str) -> R<()> {
+    let max = crate::proto::SD_MAX_VDI_LEN - 1;
+    if s.len() > max {
+        errln(&format!(
+            "{what} is too long: {} bytes, at most {max}",
+            s.len()
+        ));
+        return Err(Exit(EXIT_FAILURE));
+    }
+    Ok(())
+}
+
 fn pstr(s: &str, len: usize) -> String {
     let mut n = s.len().min(len - 1);
     while !s.is_char_boundary(n) {
@@ -733,8 +697,10 @@ fn vdi_parser(d: &mut CmdData, ch: char, opt: &str) -> R<()> {
         's' => {
             let (v, n) = c_strtol(opt, 10);
             if n == 0 || n != opt.len() {
+                // Deliberately unlike dog, which cuts the tag to 255 bytes.
+                check_len("Snapshot tag", opt)?;
                 d.snapshot_id = 0;
-                d.snapshot_tag = pstr(opt, 256);
+                d.snapshot_tag = opt.to_string();
             } else if v as i32 == 0 {
                 errln("The snapshot id must be larger than zero");
                 return Err(Exit(EXIT_FAILURE));

@@ -1,16 +1,19 @@
 //! Small helpers shared by the binaries: sizes, logging setup, systemd
 //! notification.
 
+#[cfg(any(feature = "fs", feature = "cli"))]
 pub mod logging;
 pub mod notify;
 
 /// The variable that makes a clap binary print its shell completion script
 /// (`SHEEPFS_COMPLETIONS=bash sheepfs`; used by scripts/install).
+#[cfg(feature = "cli")]
 pub const COMPLETIONS_ENV: &str = "SHEEPFS_COMPLETIONS";
 
 /// If `$SHEEPFS_COMPLETIONS` names a shell (bash, zsh, fish, elvish,
 /// powershell), prints the completion script of `C` for `bin` and exits.
 /// Call first thing in `main`.
+#[cfg(feature = "cli")]
 pub fn completions_from_env<C: clap::CommandFactory>(bin: &str) {
     let Some(shell) = std::env::var_os(COMPLETIONS_ENV) else {
         return;
@@ -27,31 +30,104 @@ pub fn completions_from_env<C: clap::CommandFactory>(bin: &str) {
     }
 }
 
-/// Parses a size with an optional K/M/G/T/P suffix (powers of 1024, as dog),
-/// e.g. `1G`, `512M`, `4096`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                'P' => 1 << 50,
-                _ => return Err(format!("Invalid size '{s}'")),
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("Invalid size '{s}'"));
+/// A size in dog's grammar (`option_parse_size`): C's `strtod` number
+/// (leading blanks, sign, fraction, exponent), then at most one suffix B, K,
+/// M, G, T or P (powers of 1024, any case). No number reads as 0, as with
+/// strtod. None when something else follows.
+pub fn size_value(value: &str) -> Option<f64> {
+    let b = value.as_bytes();
+    let mut i = 0;
+    while i < b.len() && (b[i] == b' ' || (9..=13).contains(&b[i])) {
+        i += 1;
     }
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("Invalid size '{s}'"))
+    let num_start = i;
+    if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
+        i += 1;
+    }
+    let digits_start = i;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+    }
+    let mut had_digits = i > digits_start;
+    if i < b.len() && b[i] == b'.' {
+        let j = i + 1;
+        let mut k = j;
+        while k < b.len() && b[k].is_ascii_digit() {
+            k += 1;
+        }
+        if k > j || had_digits {
+            had_digits |= k > j;
+            i = k;
+        }
+    }
+    let mut end = i;
+    if had_digits && i < b.len() && (b[i] | 0x20) == b'e' {
+        let mut k = i + 1;
+        if k < b.len() && (b[k] == b'+' || b[k] == b'-') {
+            k += 1;
+        }
+        let ds = k;
+        while k < b.len() && b[k].is_ascii_digit() {
+            k += 1;
+        }
+        if k > ds {
+            end = k;
+        }
+    }
+    let (sizef, post) = if had_digits {
+        let f: f64 = value[num_start..end].parse().unwrap_or(0.0);
+        (f, &b[end..])
+    } else {
+        (0.0, b)
+    };
+    if post.len() > 1 {
+        return None;
+    }
+    Some(sizef * (1u64 << suffix_shift(post.first().copied())?) as f64)
+}
+
+/// B/K/M/G/T/P (any case, or none) as a power of two.
+fn suffix_shift(c: Option<u8>) -> Option<u32> {
+    Some(match c.map(|c| c.to_ascii_uppercase()) {
+        None | Some(b'B') => 0,
+        Some(b'K') => 10,
+        Some(b'M') => 20,
+        Some(b'G') => 30,
+        Some(b'T') => 40,
+        Some(b'P') => 50,
+        _ => return None,
+    })
+}
+
+/// Parses a size in dog's grammar ([`size_value`], e.g. `1G`, `512M`,
+/// `1.5k`, `4096`), refusing what dog would turn into another number: no
+/// digits, a negative value, 2^64 or more. Whole integers are exact (no
+/// rounding through a double).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("Invalid size '{s}'");
+    let t = s.trim();
+    if !t
+        .bytes()
+        .next()
+        .is_some_and(|c| c.is_ascii_digit() || c == b'.')
+    {
+        return Err(bad());
+    }
+    let v = size_value(t).ok_or_else(bad)?;
+    // Digits with an optional suffix: exact integer arithmetic.
+    let digits = t.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if digits.bytes().all(|c| c.is_ascii_digit()) {
+        let shift = suffix_shift(t.as_bytes().get(digits.len()).copied()).ok_or_else(bad)?;
+        return digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << shift))
+            .ok_or_else(bad);
+    }
+    if !(0.0..18446744073709551616.0).contains(&v) {
+        return Err(bad());
+    }
+    Ok(v as u64)
 }
 
 #[cfg(test)]
@@ -69,6 +145,14 @@ mod tests {
         assert!(parse_size("1X").is_err());
         assert!(parse_size("-1").is_err());
         assert!(parse_size("99999999999P").is_err());
+        // dog's grammar: fractions, exponents, a B suffix.
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+        assert_eq!(parse_size("1e3"), Ok(1000));
+        assert_eq!(parse_size("4096b"), Ok(4096));
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
+        assert!(parse_size("18446744073709551616").is_err());
+        assert!(parse_size("12MB").is_err());
+        assert!(parse_size("abc").is_err());
     }
 }
 
