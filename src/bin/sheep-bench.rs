@@ -229,6 +229,18 @@ mod hostile {
         }
     }
 
+    /// A header for 4 MiB of object `oid` from offset 0.
+    fn obj_4mib(opcode: u8, oid: u64) -> ReqHeader {
+        let mut h = ReqHeader::for_op(opcode);
+        h.data_length = MB4;
+        h.args = ObjArgs {
+            oid,
+            ..Default::default()
+        }
+        .encode();
+        h
+    }
+
     /// Opens the hostile connections and sends their bytes; they stay open
     /// (and unread) until the returned handles are aborted.
     async fn start_hostiles(
@@ -246,14 +258,8 @@ mod hostile {
             if i < 3 {
                 // A pipeline of 256 x 4 MiB reads whose replies are never read.
                 for id in 0..256u32 {
-                    let mut h = ReqHeader::for_op(op::READ_OBJ);
-                    h.data_length = MB4;
+                    let mut h = obj_4mib(op::READ_OBJ, obj);
                     h.id = id;
-                    h.args = ObjArgs {
-                        oid: obj,
-                        ..Default::default()
-                    }
-                    .encode();
                     bytes.extend_from_slice(&h.encode());
                 }
             } else if i < 25 {
@@ -270,14 +276,8 @@ mod hostile {
                 bytes.extend_from_slice(b"stalled");
             } else {
                 // A 4 MiB WRITE_OBJ sent halfway.
-                let mut h = ReqHeader::for_op(op::WRITE_OBJ);
+                let mut h = obj_4mib(op::WRITE_OBJ, obj);
                 h.flags = flags::CMD_WRITE;
-                h.data_length = MB4;
-                h.args = ObjArgs {
-                    oid: obj,
-                    ..Default::default()
-                }
-                .encode();
                 bytes.extend_from_slice(&h.encode());
                 bytes.resize(48 + (MB4 / 2) as usize, 0x5a);
             }

@@ -221,7 +221,8 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     );
 
     let mut conns = JoinSet::new();
-    let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+    // Returns memory after bursts (see `Ctx::trim_heap`).
+    let mut housekeeping = tokio::time::interval(Duration::from_millis(200));
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServerError::Other(format!("cannot install SIGTERM handler: {e}")))?;
@@ -260,7 +261,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             _ = stop_rx.changed() => break,
             _ = housekeeping.tick() => {
                 let ctx = ctx.clone();
-                tokio::task::spawn_blocking(move || ctx.trim_if_quiet());
+                tokio::task::spawn_blocking(move || ctx.trim_heap());
             }
         }
     }

@@ -61,9 +61,11 @@ const WRITE_SLICE: usize = 256 << 10;
 /// Payloads up to this size get their whole buffer at once (virtual memory,
 /// touched as bytes arrive); larger ones grow as they arrive.
 const EAGER_ALLOC: u64 = 16 << 20;
-/// After this many bytes were reserved and released, a quiet server hands
-/// free heap memory back to the system.
-const TRIM_AFTER: u64 = 64 << 20;
+/// After this many bytes were reserved, a server that became quiet or
+/// released [`RELEASED`] bytes since the last check hands free heap memory
+/// back to the system.
+const TRIM_AFTER: u64 = 8 << 20;
+const RELEASED: u64 = 16 << 20;
 
 /// Limits in effect, derived from [`Config`] (sheep-lite(8), LIMITS).
 #[derive(Debug, Clone)]
@@ -107,6 +109,8 @@ pub struct Ctx {
     next_conn: AtomicU64,
     /// Bytes reserved since the heap was last trimmed.
     churn: AtomicU64,
+    /// Bytes in use at the last [`Ctx::trim_heap`].
+    last_in_use: AtomicU64,
     /// The store directory's lock, when this context opened the store.
     _lock: Option<std::fs::File>,
 }
@@ -138,6 +142,7 @@ impl Ctx {
             stop: watch::channel(false).0,
             next_conn: AtomicU64::new(0),
             churn: AtomicU64::new(0),
+            last_in_use: AtomicU64::new(0),
             _lock: lock,
         })
     }
@@ -163,14 +168,20 @@ impl Ctx {
         self.limits.budget - self.budget.available_permits() as u64
     }
 
-    /// Hands free heap memory back to the system once a burst is over (glibc
-    /// keeps freed arena memory otherwise): when much was reserved since the
-    /// last trim and little is now. Blocking (it walks the heap); cheap when
-    /// there is nothing to do.
-    pub fn trim_if_quiet(&self) {
-        if self.churn.load(Ordering::Relaxed) < TRIM_AFTER || self.memory_in_use() > CHUNK as u64 {
+    /// Hands free heap memory back to the system (glibc keeps freed arena
+    /// memory otherwise) when much was reserved since the last trim and the
+    /// server is now quiet or has just released a lot (connections holding
+    /// big buffers closed). Called periodically; blocking (it walks the
+    /// heap), cheap when there is nothing to do.
+    pub fn trim_heap(&self) {
+        let in_use = self.memory_in_use();
+        let before = self.last_in_use.swap(in_use, Ordering::Relaxed);
+        let released = before.saturating_sub(in_use) >= RELEASED;
+        if self.churn.load(Ordering::Relaxed) < TRIM_AFTER || !(in_use <= CHUNK as u64 || released)
+        {
             return;
         }
+        tracing::debug!(in_use, before, "returning free heap memory to the system");
         self.churn.store(0, Ordering::Relaxed);
         #[cfg(all(target_os = "linux", target_env = "gnu"))]
         // SAFETY: malloc_trim only releases free memory of the allocator.
