@@ -25,7 +25,7 @@ struct Args {
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = size)]
     memory_budget: u64,
     /// Of the budget, bytes payloads still arriving may hold (at most half the budget).
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = size)]
+    #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = size)]
     recv_memory: u64,
     /// Of the budget, bytes one connection may hold, unread replies included.
     #[arg(long, value_name = "SIZE", default_value = "32M", value_parser = size)]

@@ -104,7 +104,7 @@ impl Config {
             port: crate::proto::SD_LISTEN_PORT,
             fd_cache: 1024,
             memory_budget: 512 << 20,
-            recv_memory: 64 << 20,
+            recv_memory: 32 << 20,
             conn_memory: 32 << 20,
             conn_requests: 128,
             io_timeout: Duration::from_secs(60),

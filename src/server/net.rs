@@ -61,8 +61,8 @@ const WRITE_SLICE: usize = 256 << 10;
 /// Payloads up to this size get their whole buffer at once (virtual memory,
 /// touched as bytes arrive); larger ones grow as they arrive.
 const EAGER_ALLOC: u64 = 16 << 20;
-/// After this many bytes were reserved, a server that became quiet or
-/// released [`RELEASED`] bytes since the last check hands free heap memory
+/// A server that became quiet after reserving this many bytes, or that
+/// released [`RELEASED`] bytes since the last check, hands free heap memory
 /// back to the system.
 const TRIM_AFTER: u64 = 8 << 20;
 const RELEASED: u64 = 16 << 20;
@@ -169,16 +169,18 @@ impl Ctx {
     }
 
     /// Hands free heap memory back to the system (glibc keeps freed arena
-    /// memory otherwise) when much was reserved since the last trim and the
-    /// server is now quiet or has just released a lot (connections holding
-    /// big buffers closed). Called periodically; blocking (it walks the
+    /// memory otherwise) when the server has become quiet after reserving
+    /// much, or has just released a lot (connections holding big buffers
+    /// closed). Called periodically; blocking (it walks the
     /// heap), cheap when there is nothing to do.
     pub fn trim_heap(&self) {
         let in_use = self.memory_in_use();
         let before = self.last_in_use.swap(in_use, Ordering::Relaxed);
         let released = before.saturating_sub(in_use) >= RELEASED;
-        if self.churn.load(Ordering::Relaxed) < TRIM_AFTER || !(in_use <= CHUNK as u64 || released)
-        {
+        // Quiet now, and busy at the last check or since the last trim.
+        let quiet = in_use <= CHUNK as u64
+            && (before > CHUNK as u64 || self.churn.load(Ordering::Relaxed) >= TRIM_AFTER);
+        if !(quiet || released) {
             return;
         }
         tracing::debug!(in_use, before, "returning free heap memory to the system");
