@@ -114,8 +114,8 @@ fn is_force_op(opcode: u8) -> bool {
 // Opcodes without a named constant in `proto::op`.
 pub(crate) const OP_REWEIGHT: u8 = 0xB5;
 pub(crate) const OP_READ_PEER: u8 = 0xA4;
-const OP_WRITE_PEER: u8 = 0xA5;
-const OP_CREATE_AND_WRITE_PEER: u8 = 0xA3;
+pub(crate) const OP_WRITE_PEER: u8 = 0xA5;
+pub(crate) const OP_CREATE_AND_WRITE_PEER: u8 = 0xA3;
 const OP_REMOVE_PEER: u8 = 0xA6;
 
 /// Ops this server implements (anything else is INVALID_PARMS after the

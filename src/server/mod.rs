@@ -53,16 +53,15 @@ mod vdi;
 
 pub use self::core::Sheep;
 pub use error::ServerError;
+pub use net::{serve_stream, Ctx};
 
 use crate::proto::node::{NodeId, SdNode};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 /// How long a clean stop waits for in-flight requests and replies.
@@ -78,8 +77,23 @@ pub struct Config {
     pub port: u16,
     /// Open object files kept in the LRU.
     pub fd_cache: usize,
-    /// Bytes of request payloads and reply buffers held at once.
+    /// Bytes of request payloads, working sets and reply buffers held at
+    /// once (`--memory-budget`).
     pub memory_budget: u64,
+    /// Of the budget, bytes that payloads still arriving may hold
+    /// (`--recv-memory`; at most half the budget).
+    pub recv_memory: u64,
+    /// Of the budget, bytes one connection may hold, replies it has not read
+    /// included (`--conn-memory`).
+    pub conn_memory: u64,
+    /// Requests one connection may have in flight (`--conn-requests`).
+    pub conn_requests: usize,
+    /// A started header or payload, or a reply being sent, that makes no
+    /// progress for this long closes the connection (`--io-timeout`).
+    pub io_timeout: Duration,
+    /// A connection with nothing in flight that sends nothing for this long
+    /// is closed; zero = never (`--idle-timeout`).
+    pub idle_timeout: Duration,
 }
 
 impl Config {
@@ -90,6 +104,11 @@ impl Config {
             port: crate::proto::SD_LISTEN_PORT,
             fd_cache: 1024,
             memory_budget: 512 << 20,
+            recv_memory: 32 << 20,
+            conn_memory: 32 << 20,
+            conn_requests: 128,
+            io_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -191,15 +210,8 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         addr: sock_path.display().to_string(),
         source,
     })?;
-    let budget = cfg.memory_budget.max(sheep.max_payload());
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let ctx = Arc::new(net::Ctx {
-        sheep: sheep.clone(),
-        budget: Arc::new(Semaphore::new(budget as usize)),
-        budget_bytes: budget,
-        stop: stop_tx,
-        next_conn: AtomicU64::new(0),
-    });
+    let ctx = net::Ctx::build(sheep.clone(), &cfg, None);
+    let mut stop_rx = ctx.stopped();
     tracing::info!(
         dir = %dir.display(),
         tcp = %SocketAddr::new(cfg.bind, port),
@@ -209,6 +221,9 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     );
 
     let mut conns = JoinSet::new();
+    // Returns memory after bursts (see `Ctx::trim_heap`).
+    let mut housekeeping = tokio::time::interval(Duration::from_millis(200));
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| ServerError::Other(format!("cannot install SIGTERM handler: {e}")))?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -253,13 +268,17 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
                 break;
             }
             _ = stop_rx.changed() => break,
+            _ = housekeeping.tick() => {
+                let ctx = ctx.clone();
+                tokio::task::spawn_blocking(move || ctx.trim_heap());
+            }
         }
     }
     // Stop: no new connections or requests; let in-flight ones finish.
     crate::util::notify::stopping();
     drop(tcp);
     drop(unix);
-    let _ = ctx.stop.send(true);
+    ctx.stop();
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while conns.join_next().await.is_some() {}
     })
