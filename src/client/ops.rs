@@ -236,9 +236,13 @@ impl Client {
                 what: format!("node list of {nr} nodes in {} bytes", rsp.data.len()),
             });
         }
-        Ok((0..nr)
+        (0..nr)
             .map(|i| SdNode::decode(&rsp.data[i * size..]))
-            .collect())
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::Protocol {
+                addr: self.addr().to_string(),
+                what: format!("node list: {e}"),
+            })
     }
 
     /// STAT_CLUSTER with `nodes_nr` slots per record and room for `records`.
@@ -251,7 +255,14 @@ impl Client {
     ) -> Result<(SdRes, u32, Vec<EpochLog>)> {
         let stride = 48 + 80 * nodes_nr as usize;
         let mut h = ReqHeader::for_op(op::STAT_CLUSTER);
-        h.data_length = (stride * records as usize) as u32;
+        h.data_length = stride
+            .checked_mul(records as usize)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "STAT_CLUSTER reply of {records} records of {nodes_nr} nodes exceeds 4 GiB"
+                ))
+            })?;
         h.args = ClusterArgs {
             nodes_nr,
             ..Default::default()
@@ -519,7 +530,10 @@ impl Client {
     /// dog's `sd_inode_get_meta_size`: the bytes of the map worth reading.
     fn map_read_len(&self, h: &InodeHeader, btree_hdr: &[u8]) -> Result<u32> {
         if h.is_hyper() {
-            let t = inode::BtreeHeader::decode(btree_hdr);
+            let t = inode::BtreeHeader::decode(btree_hdr).map_err(|source| Error::Btree {
+                vid: h.vdi_id,
+                source,
+            })?;
             let n = t.entries as usize;
             let len = match t.depth {
                 0 | 1 => 8 + 8 * n,

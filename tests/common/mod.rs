@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct SheepLite {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Extra environment of every (re)start, e.g. fault-injection rules.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -53,6 +55,7 @@ impl SheepLite {
         let mut s = SheepLite {
             dir,
             port,
+            env: Vec::new(),
             child: None,
         };
         s.spawn();
@@ -65,6 +68,23 @@ impl SheepLite {
         let mut s = SheepLite {
             dir,
             port: free_port(),
+            env: Vec::new(),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Starts an unformatted sheep-lite with extra environment (kept across
+    /// restarts).
+    pub fn start_with_env(env: &[(&str, &str)]) -> SheepLite {
+        let mut s = SheepLite {
+            dir: tempfile::tempdir().expect("tempdir"),
+            port: free_port(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         s.spawn();
@@ -83,6 +103,7 @@ impl SheepLite {
             .arg("-p")
             .arg(self.port.to_string())
             .arg(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn sheep-lite");
