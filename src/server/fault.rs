@@ -23,8 +23,11 @@
 
 use super::error::OpResult;
 
+#[cfg(feature = "fault-injection")]
 pub const CRASH_ENV: &str = "SHEEP_LITE_CRASH_AT";
+#[cfg(feature = "fault-injection")]
 pub const FAIL_ENV: &str = "SHEEP_LITE_FAIL_AT";
+#[cfg(feature = "fault-injection")]
 pub const REQ_ENV: &str = "SHEEP_LITE_REQ_FAULTS";
 
 /// Dies or fails here if the environment asks for it.
@@ -34,7 +37,7 @@ pub fn point(_name: &str) -> OpResult<()> {
     Ok(())
 }
 
-/// Delays or fails this request if a rule of [`REQ_ENV`] matches it.
+/// Delays or fails this request if a rule of `SHEEP_LITE_REQ_FAULTS` matches it.
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn request(_opcode: u8) -> OpResult<()> {
