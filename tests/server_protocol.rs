@@ -301,7 +301,7 @@ async fn cluster_ops_after_format() {
     let r = send(&c, h, vec![]).await;
     check(&r, op::GET_EPOCH, 1, SdRes::SUCCESS);
     assert_eq!(r.data.len(), 88);
-    assert_eq!(SdNode::decode(&r.data).nid.port, s.port);
+    assert_eq!(SdNode::decode(&r.data).unwrap().nid.port, s.port);
     h.args = ObjArgs {
         tgt_epoch: 2,
         ..Default::default()

@@ -5,6 +5,9 @@
 //! 2 GiB within the memory budget, and crash recovery (SIGKILL) and undo of
 //! VDI operations at every step.
 
+// The fault-point tests need sheep-lite built with `--features fault-injection`.
+#![cfg_attr(not(feature = "fault-injection"), allow(dead_code, unused_imports))]
+
 mod common;
 
 use common::{name_payload, obj_hdr, pattern, send, sha, SheepLite};
@@ -830,6 +833,7 @@ fn steps() -> Vec<(VdiOp, &'static str, bool)> {
 
 /// SIGKILL at each step of snapshot, rebase, clone and delete: after a
 /// restart the operation is rolled back or forward, never half done.
+#[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_at_every_step_of_vdi_operations_recovers() {
     for (op_, point, done) in steps() {
@@ -861,6 +865,7 @@ async fn kill9_at_every_step_of_vdi_operations_recovers() {
 
 /// A step that fails (I/O error) undoes the whole operation at once; the
 /// client gets the error, the name keeps its working VDI.
+#[cfg(feature = "fault-injection")]
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_vdi_operations_are_undone() {
     for (op_, point, _) in steps() {

@@ -209,6 +209,8 @@ async fn list_mode(client: &Client, window: usize) -> Result<()> {
         serde_json::json!({"rw": "list", "depth": window, "vdis": n, "bytes": text.len(), "secs": secs})
     );
     Ok(())
+}
+
 mod hostile {
     //! The hostile-clients benchmark (scripts/bench-hostile).
     use super::Args;

@@ -3,6 +3,15 @@
 //! the runtime); otherwise a writer task sends queued requests in batches. A
 //! reader task matches replies to waiters by `id` (sheep replies in
 //! completion order).
+//!
+//! A killed connection is not simply dropped: its write side is shut down
+//! and the reader keeps reading (and discarding) until sheep closes the
+//! socket. sheep closes a client's socket only once every request it read
+//! from it has completed (sheep/request.c frees the client when its request
+//! count drops to zero; sheep-lite's connection ends when its writer has sent
+//! the last reply), so [`Conn::drained`] turning true means that no request
+//! sent on this connection can still be executing. The write fences of
+//! [`super::Client`] rest on this.
 
 use super::pool::{Request, Response};
 use super::{Error, Result, SheepAddr};
@@ -14,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 type Waiter = oneshot::Sender<Result<Response>>;
 
@@ -28,12 +37,18 @@ struct Shared {
     addr: String,
     pending: Mutex<Option<HashMap<u32, Pending>>>,
     dead: AtomicBool,
+    /// Wakes the writer task so it shuts the write side down.
+    killed: Notify,
+    /// True once the reader saw the socket end (see the module docs).
+    drained: watch::Sender<bool>,
 }
 
 impl Shared {
-    /// Marks the connection dead and fails every waiter.
+    /// Marks the connection dead, fails every waiter and has the write side
+    /// shut down (the reader drains until sheep closes).
     fn kill(&self, why: &str) {
         self.dead.store(true, Ordering::Release);
+        self.killed.notify_one();
         let drained = self.pending.lock().take();
         if let Some(map) = drained {
             for (_, p) in map {
@@ -99,6 +114,8 @@ impl Conn {
             addr,
             pending: Mutex::new(Some(HashMap::new())),
             dead: AtomicBool::new(false),
+            killed: Notify::new(),
+            drained: watch::channel(false).0,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let boxed: Box<dyn AsyncWrite + Send + Unpin> = Box::new(w);
@@ -124,6 +141,12 @@ impl Conn {
 
     pub fn kill(&self, why: &str) {
         self.shared.kill(why);
+    }
+
+    /// Turns true once sheep has closed the socket, i.e. once nothing sent
+    /// on this connection can still be executing.
+    pub fn drained(&self) -> watch::Receiver<bool> {
+        self.shared.drained.subscribe()
     }
 
     /// Sends one request and waits for its reply (no timeout here).
@@ -232,6 +255,28 @@ async fn writer(
     shared: Arc<Shared>,
     sink: Arc<Sink>,
     queued: Arc<AtomicUsize>,
+    rx: mpsc::UnboundedReceiver<(Bytes, Bytes)>,
+) {
+    // A kill also interrupts a write blocked on a peer that stopped reading.
+    tokio::select! {
+        _ = shared.killed.notified() => {}
+        _ = write_queued(&shared, &sink, &queued, rx) => {}
+    }
+    let mut w = sink.lock().await;
+    if shared.dead.load(Ordering::Acquire) {
+        // Shut the socket's write side without flushing what is buffered (it
+        // may end in a half message): sheep sees the end of the stream, lets
+        // what it already read finish, then closes, which ends the reader.
+        let _ = w.get_mut().shutdown().await;
+    } else {
+        let _ = w.shutdown().await;
+    }
+}
+
+async fn write_queued(
+    shared: &Shared,
+    sink: &Sink,
+    queued: &AtomicUsize,
     mut rx: mpsc::UnboundedReceiver<(Bytes, Bytes)>,
 ) {
     let dead = || shared.dead.load(Ordering::Acquire);
@@ -260,32 +305,40 @@ async fn writer(
             break;
         }
     }
-    // Dropping the socket (not shutting it down) discards anything buffered
-    // for a dead connection instead of flushing a half message.
-    if !dead() {
-        let _ = sink.lock().await.shutdown().await;
-    }
 }
 
 async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, r: R) {
     let mut r = BufReader::with_capacity(128 * 1024, r);
-    let why = loop {
+    let why = read_replies(&shared, &mut r).await;
+    shared.kill(&why);
+    // Drain: whatever still comes is for requests nobody waits for; the end
+    // of the stream says sheep has finished all of them.
+    let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
+    shared.drained.send_replace(true);
+}
+
+/// Hands replies to their waiters until the stream ends, fails or the
+/// connection is killed; says why it stopped.
+async fn read_replies<R: AsyncRead + Unpin>(shared: &Shared, r: &mut BufReader<R>) -> String {
+    loop {
         let mut hb = [0u8; SD_RSP_SIZE];
         if let Err(e) = r.read_exact(&mut hb).await {
-            break if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            return if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 "closed by sheep".to_string()
             } else {
                 format!("receive failed: {e}")
             };
         }
         let hdr = RspHeader::decode(&hb);
-        let waiter = shared
-            .pending
-            .lock()
-            .as_mut()
-            .and_then(|m| m.remove(&hdr.id));
+        let waiter = {
+            let mut pending = shared.pending.lock();
+            match pending.as_mut() {
+                Some(m) => m.remove(&hdr.id),
+                None => return "connection killed".to_string(),
+            }
+        };
         let Some(waiter) = waiter else {
-            break format!("reply with unknown id {}", hdr.id);
+            return format!("reply with unknown id {}", hdr.id);
         };
         // Keep at most what was asked for; drain the rest so the stream stays in sync.
         let len = hdr.data_length as usize;
@@ -293,16 +346,15 @@ async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, r: R) {
         let mut data = vec![0u8; keep];
         if let Err(e) = r.read_exact(&mut data).await {
             let _ = waiter.tx.send(Err(io_err(&shared.addr, "reply truncated")));
-            break format!("receive failed: {e}");
+            return format!("receive failed: {e}");
         }
         if len > keep {
-            let mut rest = (&mut r).take((len - keep) as u64);
+            let mut rest = (&mut *r).take((len - keep) as u64);
             if let Err(e) = tokio::io::copy(&mut rest, &mut tokio::io::sink()).await {
                 let _ = waiter.tx.send(Err(io_err(&shared.addr, "reply truncated")));
-                break format!("receive failed: {e}");
+                return format!("receive failed: {e}");
             }
         }
         let _ = waiter.tx.send(Ok(Response { hdr, data }));
-    };
-    shared.kill(&why);
+    }
 }

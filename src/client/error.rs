@@ -27,6 +27,11 @@ pub enum Error {
         op: &'static str,
         secs: u64,
     },
+    /// An earlier write to the same object may still land (its connection
+    /// failed and sheep has not closed it): sending this one could let the
+    /// older data win.
+    #[error("an earlier write to object {oid:016x} on sheep at {addr} is still in doubt after {secs} s (sheep has not closed the failed connection); not sending a newer one that it could overwrite: check sheep, then retry")]
+    Fenced { addr: String, oid: u64, secs: u64 },
     #[error("malformed reply from sheep at {addr}: {what}")]
     Protocol { addr: String, what: String },
     #[error("{0}")]
@@ -89,7 +94,7 @@ impl Error {
     pub fn is_transport(&self) -> bool {
         matches!(
             self.root(),
-            Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. }
+            Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. } | Error::Fenced { .. }
         )
     }
 
@@ -111,6 +116,7 @@ impl Error {
             Error::ReadOnly(_) => libc::EROFS,
             Error::OutOfRange { .. } => libc::ENOSPC,
             Error::Timeout { .. } | Error::Connect { .. } | Error::Io { .. } => libc::EIO,
+            Error::Fenced { .. } => libc::EIO,
             Error::Protocol { .. } | Error::Btree { .. } | Error::Closed => libc::EIO,
         }
     }

@@ -6,6 +6,15 @@
 //! - [`list`]: listing VDIs with many inode reads in flight.
 //! - [`Volume`]: byte-addressed I/O on one VDI (COW, thin provisioning,
 //!   locking, snapshots taken underneath, optional object cache).
+//!
+//! Writes are fenced: once a write is acknowledged, no older write of the
+//! same [`Client`] to an overlapping range can land after it, even when an
+//! earlier copy timed out and was retried while sheep was still executing
+//! it: the range stays fenced until sheep has closed the connection the
+//! in-doubt copy was sent on, which sheep does only once every request read
+//! from it has completed. A write that cannot pass a fence within
+//! `retry_timeout` fails with [`Error::Fenced`] and is not sent. Writers in
+//! other processes are not covered (the VDI lock keeps them out).
 
 mod addr;
 pub mod admin;

@@ -354,9 +354,13 @@ impl Client {
                 what: format!("node list of {nr} nodes in {} bytes", rsp.data.len()),
             });
         }
-        Ok((0..nr)
+        (0..nr)
             .map(|i| SdNode::decode(&rsp.data[i * size..]))
-            .collect())
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::Protocol {
+                addr: self.addr().to_string(),
+                what: format!("node list: {e}"),
+            })
     }
 
     /// STAT_CLUSTER with `nodes_nr` slots per record and room for `records`.
@@ -369,7 +373,14 @@ impl Client {
     ) -> Result<(SdRes, u32, Vec<EpochLog>)> {
         let stride = 48 + 80 * nodes_nr as usize;
         let mut h = ReqHeader::for_op(op::STAT_CLUSTER);
-        h.data_length = (stride * records as usize) as u32;
+        h.data_length = stride
+            .checked_mul(records as usize)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "STAT_CLUSTER reply of {records} records of {nodes_nr} nodes exceeds 4 GiB"
+                ))
+            })?;
         h.args = ClusterArgs {
             nodes_nr,
             ..Default::default()

@@ -1,11 +1,34 @@
 //! [`Client`]: a few pipelined connections to one sheep, with per-request
 //! timeouts, reconnect and bounded exponential backoff.
+//!
+//! # Write fencing
+//!
+//! Object writes are retried on a new connection after a timeout or a
+//! broken connection, but the first transmission may still be executing in
+//! sheep (handlers run to completion whatever happens to the client). Were a
+//! later write to the same bytes acknowledged before it, the stale first copy
+//! would overwrite it. So an object mutation (WRITE_OBJ,
+//! CREATE_AND_WRITE_OBJ, DISCARD_OBJ, REMOVE_OBJ) whose fate is unknown
+//! leaves a *fence* on what it may touch (its byte range; the whole object
+//! for a create, discard or remove, plus the inode for a discard) until its
+//! connection is drained: the client shuts the connection's write side and
+//! waits for sheep to close it, which sheep does only once every request it
+//! read from it has completed (see `conn`). Any other mutation overlapping a
+//! fence waits for it, for at most `retry_timeout`, then fails with
+//! [`Error::Fenced`] without being sent. The retry of the fenced request
+//! itself is not held back: it carries the same bytes.
+//!
+//! The guarantee, per [`Client`] (clones share it): once a mutation has been
+//! acknowledged, no mutation of an overlapping range that this client sent
+//! earlier can still land. Writers in other processes are not covered (the
+//! VDI lock keeps them out).
 
 use super::conn::Conn;
 use super::{Error, Result, SheepAddr};
-use crate::proto::{op, ReqHeader, RspHeader, SdRes};
+use crate::proto::header::ObjArgs;
+use crate::proto::{oid, op, ReqHeader, RspHeader, SdRes};
 use bytes::Bytes;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -85,6 +108,50 @@ struct Inner {
     reconnects: AtomicU64,
     /// Bumped when the address changes, so stale connections are replaced.
     generation: AtomicU64,
+    /// Ranges of mutations in doubt (see the module docs).
+    fences: Mutex<Vec<Fence>>,
+    /// Numbers [`Client::send`] calls, so a retry passes its own fences.
+    next_send: AtomicU64,
+}
+
+/// What one object mutation may change: `(oid, start, end)` byte ranges.
+type Scope = Vec<(u64, u64, u64)>;
+
+/// The bytes a mutation whose fate is unknown may still change, until the
+/// connection it was sent on is drained.
+struct Fence {
+    owner: u64,
+    oid: u64,
+    start: u64,
+    end: u64,
+    drained: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Fence {
+    fn is_open(&self) -> bool {
+        // A dropped sender: the reader task is gone with its runtime.
+        !*self.drained.borrow() && self.drained.has_changed().is_ok()
+    }
+}
+
+/// The ranges a request may change, if it is an object mutation.
+fn scope(hdr: &ReqHeader) -> Option<Scope> {
+    let args = ObjArgs::decode(&hdr.args);
+    let whole = |oid: u64| (oid, 0, u64::MAX);
+    match hdr.opcode {
+        op::WRITE_OBJ => {
+            let start = u64::from(args.offset);
+            Some(vec![(args.oid, start, start + u64::from(hdr.data_length))])
+        }
+        // A create (re)writes the whole object, COW copy included.
+        op::CREATE_AND_WRITE_OBJ | op::REMOVE_OBJ => Some(vec![whole(args.oid)]),
+        // A discard also clears the object's entry in its inode.
+        op::DISCARD_OBJ => Some(vec![
+            whole(args.oid),
+            whole(oid::vid_to_vdi_oid(oid::oid_to_vid(args.oid))),
+        ]),
+        _ => None,
+    }
 }
 
 /// A handle to one sheep (cheap to clone; clones share the pool).
@@ -112,6 +179,8 @@ impl Client {
                 closed: AtomicBool::new(false),
                 reconnects: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
+                fences: Mutex::new(Vec::new()),
+                next_send: AtomicU64::new(0),
             }),
         }
     }
@@ -176,20 +245,81 @@ impl Client {
         Ok(c)
     }
 
+    /// Object mutations whose fate is still unknown: sent on a connection
+    /// that failed or timed out, and that sheep has not closed yet.
+    pub fn writes_in_doubt(&self) -> usize {
+        let mut f = self.inner.fences.lock();
+        f.retain(Fence::is_open);
+        f.len()
+    }
+
     /// One attempt: pick a connection, send, wait up to the request timeout.
-    async fn attempt(&self, req: &Request) -> Result<Response> {
-        let conn = self.conn().await?;
+    /// On failure, also returns the connection if the request may have been
+    /// sent on it.
+    async fn attempt(&self, req: &Request) -> Result<Response, (Error, Option<Arc<Conn>>)> {
+        let conn = self.conn().await.map_err(|e| (e, None))?;
         let t = self.inner.opts.request_timeout;
         match tokio::time::timeout(t, conn.call(req)).await {
-            Ok(r) => r,
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err((e, Some(conn))),
             Err(_) => {
                 // A silent server: drop the connection so every waiter retries elsewhere.
                 conn.kill("request timed out");
-                Err(Error::Timeout {
+                let e = Error::Timeout {
                     addr: self.addr().to_string(),
                     op: op::name(req.hdr.opcode),
                     secs: t.as_secs(),
-                })
+                };
+                Err((e, Some(conn)))
+            }
+        }
+    }
+
+    /// Fences `scope` until `conn` is drained.
+    fn fence(&self, owner: u64, scope: &Scope, conn: &Conn) {
+        let drained = conn.drained();
+        let mut fences = self.inner.fences.lock();
+        fences.retain(Fence::is_open);
+        fences.extend(scope.iter().map(|&(oid, start, end)| Fence {
+            owner,
+            oid,
+            start,
+            end,
+            drained: drained.clone(),
+        }));
+    }
+
+    /// Waits until no fence of another request overlaps `scope`; fails at
+    /// `deadline`.
+    async fn pass_fences(&self, owner: u64, scope: &Scope, deadline: Instant) -> Result<()> {
+        loop {
+            let blocking = {
+                let mut fences = self.inner.fences.lock();
+                fences.retain(Fence::is_open);
+                fences
+                    .iter()
+                    .find(|f| {
+                        f.owner != owner
+                            && scope
+                                .iter()
+                                .any(|&(oid, s, e)| f.oid == oid && f.start < e && s < f.end)
+                    })
+                    .map(|f| (f.oid, f.drained.clone()))
+            };
+            let Some((oid, mut drained)) = blocking else {
+                return Ok(());
+            };
+            tracing::debug!(
+                oid = format_args!("{oid:016x}"),
+                "waiting for a write in doubt"
+            );
+            let wait = tokio::time::timeout_at(deadline.into(), drained.wait_for(|d| *d));
+            if wait.await.is_err() {
+                return Err(Error::Fenced {
+                    addr: self.addr().to_string(),
+                    oid,
+                    secs: self.inner.opts.retry_timeout.as_secs(),
+                });
             }
         }
     }
@@ -197,28 +327,39 @@ impl Client {
     /// Sends a request and returns the reply whatever its result code.
     /// Transport failures are retried with backoff until `retry_timeout`:
     /// always when the request was never sent (connect failed), otherwise only
-    /// for idempotent requests.
+    /// for idempotent requests. Object mutations are fenced (module docs).
     pub async fn send(&self, req: Request) -> Result<Response> {
         let deadline = Instant::now() + self.inner.opts.retry_timeout;
         let mut backoff = Duration::from_millis(20);
+        let scope = scope(&req.hdr);
+        let owner = self.inner.next_send.fetch_add(1, Ordering::Relaxed);
         loop {
-            match self.attempt(&req).await {
-                Ok(r) => return Ok(r),
-                Err(e) => {
-                    let retry = match &e {
-                        Error::Connect { .. } => true,
-                        Error::Io { .. } | Error::Timeout { .. } => req.idempotent,
-                        _ => false,
-                    };
-                    let now = Instant::now();
-                    if !retry || now >= deadline || self.inner.closed.load(Ordering::Acquire) {
-                        return Err(e);
-                    }
-                    tracing::debug!(error = %e, op = op::name(req.hdr.opcode), "retrying");
-                    tokio::time::sleep(backoff.min(deadline - now)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
+            if let Some(scope) = &scope {
+                self.pass_fences(owner, scope, deadline).await?;
             }
+            let e = match self.attempt(&req).await {
+                Ok(r) => return Ok(r),
+                Err((e, conn)) => {
+                    if let (Some(scope), Some(conn)) = (&scope, conn) {
+                        if matches!(e, Error::Io { .. } | Error::Timeout { .. }) {
+                            self.fence(owner, scope, &conn);
+                        }
+                    }
+                    e
+                }
+            };
+            let retry = match &e {
+                Error::Connect { .. } => true,
+                Error::Io { .. } | Error::Timeout { .. } => req.idempotent,
+                _ => false,
+            };
+            let now = Instant::now();
+            if !retry || now >= deadline || self.inner.closed.load(Ordering::Acquire) {
+                return Err(e);
+            }
+            tracing::debug!(error = %e, op = op::name(req.hdr.opcode), "retrying");
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 

@@ -498,7 +498,15 @@ impl Volume {
             if let Some(c) = self.cache.read().as_ref() {
                 c.invalidate(doid);
             }
-            self.set_map(idx, own, cur, gen).await?;
+            if let Err(e) = self.set_map(idx, own, cur, gen).await {
+                // The entry may have reached the inode on the server: without
+                // a reload this volume would go on treating the object as
+                // unallocated (e.g. a discard would skip it).
+                if let Err(r) = self.reload().await {
+                    tracing::warn!(vdi = %self.name, error = %r, "reload after a failed map update failed");
+                }
+                return Err(e);
+            }
             return Ok(());
         }
     }
@@ -790,12 +798,25 @@ impl Volume {
 
     // ------------------------------------------------------- resize, reload
 
-    /// Grows the VDI (rewrites the inode header as dog does).
+    /// Grows the VDI (rewrites the inode header as dog does). A snapshot
+    /// taken underneath moves the working VDI: the header is read back after
+    /// the write, and if this vid has become a snapshot meanwhile, its size
+    /// is put back and the resize redone on the new working VDI.
     pub async fn resize(&self, new_size: u64) -> Result<()> {
         self.check_open()?;
         if self.read_only {
             return Err(Error::ReadOnly(format!("{}{}", self.name, self.sel)));
         }
+        loop {
+            if self.try_resize(new_size).await? {
+                return Ok(());
+            }
+            self.reload().await?;
+        }
+    }
+
+    /// One attempt of [`Volume::resize`]; false if the inode must be reloaded first.
+    async fn try_resize(&self, new_size: u64) -> Result<bool> {
         let _r = self.reload_lock.lock().await;
         // B-tree root rewrites carry the whole header: none may run with the old size.
         let _b = self.btree_lock.lock().await;
@@ -809,18 +830,29 @@ impl Volume {
         super::admin::check_size(new_size, h.block_size_shift, h.is_hyper())?;
         // Keep whatever else is in the header on the server.
         let mut fresh = self.client.read_inode_header(h.vdi_id).await?;
-        fresh.vdi_size = new_size;
-        self.client
-            .write_obj(
+        if fresh.snap_ctime != 0 {
+            return Ok(false);
+        }
+        let put = |header: InodeHeader| {
+            self.client.write_obj(
                 oid::vid_to_vdi_oid(h.vdi_id),
                 0,
                 0,
-                fresh.encode().into(),
+                header.encode().into(),
                 flags::CMD_DIRECT,
                 false,
                 h.nr_copies,
             )
-            .await?;
+        };
+        let old_size = fresh.vdi_size;
+        fresh.vdi_size = new_size;
+        put(fresh.clone()).await?;
+        if self.client.read_inode_header(h.vdi_id).await?.snap_ctime != 0 {
+            // Snapshotted under us: the snapshot keeps the size it had.
+            fresh.vdi_size = old_size;
+            put(fresh).await?;
+            return Ok(false);
+        }
         h.vdi_size = new_size;
         let mut s = self.state.write();
         let n = h.nr_objs() as usize;
@@ -830,7 +862,7 @@ impl Volume {
             }
         }
         s.header.vdi_size = new_size;
-        Ok(())
+        Ok(true)
     }
 
     /// Re-reads the inode: for the working VDI, re-resolves the name first (a

@@ -143,8 +143,7 @@ impl Ctx {
             return Err(Exit(EXIT_FAILURE));
         }
         let nodes: Vec<SdNode> = (0..nr)
-            .filter(|i| (i + 1) * SD_NODE_SIZE <= rsp.data.len())
-            .map(|i| SdNode::decode(&rsp.data[i * SD_NODE_SIZE..]))
+            .filter_map(|i| SdNode::decode(rsp.data.get(i * SD_NODE_SIZE..)?).ok())
             .collect();
         self.nodes = crate::dogfmt::sort_nodes(&nodes);
         let mut zones: Vec<u32> = Vec::new();

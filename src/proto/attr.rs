@@ -48,12 +48,16 @@ impl VdiAttr {
 }
 
 /// First attribute id probed for an attribute payload: FNV-1a over the raw
-/// name[256], tag[256], snap_id (4 bytes) and key[256] fields.
+/// name[256], tag[256], snap_id (4 bytes) and key[256] fields. A payload
+/// shorter than the structure counts as zero-padded (as sheep pads it).
 pub fn attr_id(payload: &[u8]) -> u32 {
-    let mut h = fnv1a_64(&payload[0..256], FNV1A_64_INIT);
-    h = fnv1a_64(&payload[256..512], h);
-    h = fnv1a_64(&payload[520..524], h);
-    h = fnv1a_64(&payload[528..784], h);
+    let mut head = [0u8; ATTR_VALUE_OFFSET];
+    let n = payload.len().min(ATTR_VALUE_OFFSET);
+    head[..n].copy_from_slice(&payload[..n]);
+    let mut h = fnv1a_64(&head[0..256], FNV1A_64_INIT);
+    h = fnv1a_64(&head[256..512], h);
+    h = fnv1a_64(&head[520..524], h);
+    h = fnv1a_64(&head[528..784], h);
     h as u32
 }
 

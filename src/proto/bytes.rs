@@ -2,6 +2,32 @@
 //!
 //! Every wire struct in this crate is encoded through these helpers so the byte
 //! offsets in the code match the reference tables one for one.
+//!
+//! The getters index without checks: they are for fixed-size arrays and for
+//! slices whose length a decoder has already checked (with [`need`]). A
+//! decoder of peer-supplied bytes never hands them a slice it has not
+//! measured, so short input is an error, never a panic.
+
+/// A wire structure shorter than its layout.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("truncated {what}: {got} bytes, {need} needed")]
+pub struct Short {
+    pub what: &'static str,
+    pub need: usize,
+    pub got: usize,
+}
+
+/// `b`, if it holds at least `n` bytes of `what`.
+pub fn need<'a>(b: &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], Short> {
+    if b.len() < n {
+        return Err(Short {
+            what,
+            need: n,
+            got: b.len(),
+        });
+    }
+    Ok(b)
+}
 
 #[inline]
 pub fn get_u8(b: &[u8], off: usize) -> u8 {

@@ -215,12 +215,15 @@ pub struct BtreeHeader {
 }
 
 impl BtreeHeader {
-    pub fn decode(b: &[u8]) -> Self {
-        BtreeHeader {
+    pub fn decode(b: &[u8]) -> Result<Self, BtreeError> {
+        if b.len() < BTREE_HEADER_SIZE {
+            return Err(BtreeError::Truncated);
+        }
+        Ok(BtreeHeader {
             magic: get_u16(b, 0),
             depth: get_u16(b, 2),
             entries: get_u32(b, 4),
-        }
+        })
     }
     pub fn encode_into(&self, b: &mut [u8]) {
         put_u16(b, 0, self.magic);
@@ -281,10 +284,7 @@ pub fn parse_indirect(b: &[u8]) -> Result<Vec<(u32, u64)>, BtreeError> {
 }
 
 fn check_node(b: &[u8], depth: u16) -> Result<BtreeHeader, BtreeError> {
-    if b.len() < BTREE_HEADER_SIZE {
-        return Err(BtreeError::Truncated);
-    }
-    let h = BtreeHeader::decode(b);
+    let h = BtreeHeader::decode(b)?;
     if h.magic != INODE_BTREE_MAGIC {
         return Err(BtreeError::BadMagic(h.magic));
     }
@@ -360,7 +360,7 @@ impl Btree {
                 ..Default::default()
             });
         }
-        let h = BtreeHeader::decode(area);
+        let h = BtreeHeader::decode(area)?;
         match h.depth {
             1 => Ok(Btree {
                 depth: 1,

@@ -27,17 +27,18 @@ impl NodeId {
             ..Default::default()
         }
     }
-    pub fn decode(b: &[u8]) -> Self {
+    pub fn decode(b: &[u8]) -> Result<Self, Short> {
+        let b = need(b, NODE_ID_SIZE, "node_id")?;
         let mut addr = [0u8; 16];
         addr.copy_from_slice(&b[0..16]);
         let mut io_addr = [0u8; 16];
         io_addr.copy_from_slice(&b[18..34]);
-        NodeId {
+        Ok(NodeId {
             addr,
             port: get_u16(b, 16),
             io_addr,
             io_port: get_u16(b, 34),
-        }
+        })
     }
     pub fn encode_into(&self, b: &mut [u8]) {
         b[0..16].copy_from_slice(&self.addr);
@@ -90,13 +91,14 @@ pub struct SdNode {
 }
 
 impl SdNode {
-    pub fn decode(b: &[u8]) -> Self {
-        SdNode {
-            nid: NodeId::decode(&b[24..64]),
+    pub fn decode(b: &[u8]) -> Result<Self, Short> {
+        let b = need(b, SD_NODE_SIZE, "sd_node")?;
+        Ok(SdNode {
+            nid: NodeId::decode(&b[24..64])?,
             nr_vnodes: get_u16(b, 64),
             zone: get_u32(b, 68),
             space: get_u64(b, 72),
-        }
+        })
     }
     pub fn encode_into(&self, b: &mut [u8]) {
         b[..SD_NODE_SIZE].fill(0);
@@ -153,13 +155,16 @@ impl EpochLog {
 
     /// Decodes one record of stride `48 + 80 * slots`.
     pub fn decode(b: &[u8], slots: usize) -> Option<Self> {
-        if b.len() < EPOCH_LOG_SIZE + slots * SD_NODE_SIZE {
+        let stride = slots
+            .checked_mul(SD_NODE_SIZE)?
+            .checked_add(EPOCH_LOG_SIZE)?;
+        if b.len() < stride {
             return None;
         }
         let nr = (get_u32(b, 20) as usize).min(slots);
         let nodes = (0..nr)
-            .map(|i| SdNode::decode(&b[EPOCH_LOG_SIZE + i * SD_NODE_SIZE..]))
-            .collect();
+            .map(|i| SdNode::decode(&b[EPOCH_LOG_SIZE + i * SD_NODE_SIZE..]).ok())
+            .collect::<Option<_>>()?;
         Some(EpochLog {
             ctime: get_u64(b, 0),
             time: get_u64(b, 8),
@@ -227,8 +232,8 @@ impl ClusterInfo {
             block_size_shift: get_u8(b, 21),
             default_store: get_str(b, 25, 16),
             nodes: (0..nr)
-                .map(|i| SdNode::decode(&b[48 + i * SD_NODE_SIZE..]))
-                .collect(),
+                .map(|i| SdNode::decode(&b[48 + i * SD_NODE_SIZE..]).ok())
+                .collect::<Option<_>>()?,
         })
     }
 }
@@ -289,16 +294,14 @@ impl VdiState {
             block_size_shift: get_u8(b, 8),
             parent_vid: get_u32(b, 12),
             lock_state: get_u32(b, 16),
-            lock_owner: NodeId::decode(&b[20..60]),
+            lock_owner: NodeId::decode(&b[20..60]).ok()?,
             participants: (0..n)
                 .map(|i| {
                     let o = 188 + NODE_ID_SIZE * i;
-                    (
-                        get_u32(b, 64 + 4 * i),
-                        NodeId::decode(&b[o..o + NODE_ID_SIZE]),
-                    )
+                    let nid = NodeId::decode(&b[o..o + NODE_ID_SIZE]).ok()?;
+                    Some((get_u32(b, 64 + 4 * i), nid))
                 })
-                .collect(),
+                .collect::<Option<_>>()?,
         })
     }
 }
@@ -320,7 +323,8 @@ mod tests {
         assert_eq!(&b[36..40], &[127, 0, 0, 1]);
         assert_eq!(get_u16(&b, 40), 7101);
         assert_eq!(get_u16(&b, 64), 128);
-        assert_eq!(SdNode::decode(&b), n);
+        assert_eq!(SdNode::decode(&b), Ok(n));
+        assert!(SdNode::decode(&b[..79]).is_err());
         assert_eq!(n.nid.to_addr_port(), "127.0.0.1:7101");
         let v6 = NodeId::new("::1".parse().unwrap(), 7000);
         assert_eq!(v6.to_addr_port(), "::1:7000");

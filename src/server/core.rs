@@ -335,6 +335,9 @@ impl Sheep {
             }
         }
         self.count(&req);
+        if let Err(res) = super::fault::request(h.opcode) {
+            return Reply::res(res);
+        }
         let r = self.dispatch(&req);
         let streamed = r.stream.as_ref().map(|s| s.len).unwrap_or(0);
         self.stats

@@ -39,8 +39,9 @@
 //!   cleared by the commit that ends it; after a crash, startup finishes it
 //!   when its new inode is complete and undoes it otherwise (deletions are
 //!   always finished). A step that fails undoes the operation at once.
+//!   With the `fault-injection` cargo feature (tests only),
 //!   `SHEEP_LITE_CRASH_AT` / `SHEEP_LITE_FAIL_AT` (see `fault`) let tests
-//!   kill or fail the server at each step; unset, they do nothing;
+//!   kill or fail the server at each step; without it they do not exist;
 //! - state changes reach memory only after they are durable.
 
 mod core;

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct SheepLite {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// Extra environment of every (re)start, e.g. fault-injection rules.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -47,28 +49,36 @@ pub fn free_port_in(range: std::ops::Range<u16>) -> u16 {
 }
 
 impl SheepLite {
-    /// Starts an unformatted sheep-lite on a given port.
-    pub fn start_on(port: u16) -> SheepLite {
-        let dir = tempfile::tempdir().expect("tempdir");
+    /// Spawns sheep-lite on `dir` and `port` and waits until it listens.
+    fn launch(dir: tempfile::TempDir, port: u16, env: &[(&str, &str)]) -> SheepLite {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let mut s = SheepLite {
             dir,
             port,
+            env,
             child: None,
         };
         s.spawn();
         s
     }
 
+    /// Starts an unformatted sheep-lite on a given port.
+    pub fn start_on(port: u16) -> SheepLite {
+        SheepLite::launch(tempfile::tempdir().expect("tempdir"), port, &[])
+    }
+
     /// Starts an unformatted sheep-lite.
     pub fn start() -> SheepLite {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = SheepLite {
-            dir,
-            port: free_port(),
-            child: None,
-        };
-        s.spawn();
-        s
+        SheepLite::start_on(free_port())
+    }
+
+    /// Starts an unformatted sheep-lite with extra environment (kept across
+    /// restarts).
+    pub fn start_with_env(env: &[(&str, &str)]) -> SheepLite {
+        SheepLite::launch(tempfile::tempdir().expect("tempdir"), free_port(), env)
     }
 
     /// Starts an unformatted sheep-lite whose store lives under `parent`
@@ -76,13 +86,7 @@ impl SheepLite {
     /// for the disk's fsyncs).
     pub fn start_in(parent: &Path) -> SheepLite {
         let dir = tempfile::tempdir_in(parent).expect("tempdir");
-        let mut s = SheepLite {
-            dir,
-            port: free_port(),
-            child: None,
-        };
-        s.spawn();
-        s
+        SheepLite::launch(dir, free_port(), &[])
     }
 
     /// Starts and formats (`cluster format`, default copies).
@@ -97,6 +101,7 @@ impl SheepLite {
             .arg("-p")
             .arg(self.port.to_string())
             .arg(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn sheep-lite");
