@@ -35,6 +35,10 @@ enum Kind {
     /// Reads figures of the host's disk (node info): compared on A only,
     /// retried while free space moves under it.
     Disk,
+    /// Where dog silently loses bytes and sheepctl refuses on purpose
+    /// (sheepctl(8), DIFFERENCES FROM DOG): sheepctl on B must exit 1 with
+    /// "nothing was written" and leave B as it was (dog is not run).
+    Refused,
 }
 
 struct Step {
@@ -77,7 +81,16 @@ fn session() -> Vec<Step> {
         m(&["vdi", "create", "bad", "12Q"]),
         write(&["vdi", "write", "alpha", "0", "1M"], 1 << 20, 0),
         write(&["vdi", "write", "alpha", "5M", "4096"], 4096, 3),
-        write(&["vdi", "write", "alpha", "60M", "8M"], 8 << 20, 4),
+        // dog writes the first 4 MiB of these 8 and exits 0; sheepctl
+        // refuses, and the read shows B unchanged before dog's part is
+        // written to both.
+        Step {
+            kind: Kind::Refused,
+            args: &["vdi", "write", "alpha", "60M", "8M"],
+            stdin: pattern(8 << 20, 4),
+        },
+        r(&["vdi", "read", "alpha", "60M", "4M"]),
+        write(&["vdi", "write", "alpha", "60M", "4M"], 4 << 20, 4),
         r(&["vdi", "read", "alpha", "0", "1M"]),
         r(&["vdi", "read", "alpha", "4M", "2M"]),
         r(&["vdi", "read", "alpha", "63M", "2M"]),
@@ -275,6 +288,13 @@ fn scripted_session_equals_dog() {
             Kind::Disk => {
                 let (d, c) = same_disk_figures(&a, &s);
                 note(format!("`{cmd}` (both on A)"), &d, &c);
+            }
+            Kind::Refused => {
+                let c = b.ctl_stdin(s.args, &s.stdin);
+                assert!(
+                    c.code == 1 && c.stdout.is_empty() && c.stderr.contains("nothing was written"),
+                    "`{cmd}`: sheepctl on B must refuse: {c:?}"
+                );
             }
         }
     }
