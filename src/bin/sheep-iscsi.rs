@@ -7,6 +7,7 @@ use sheepfs::iscsi::config::{self, parse_portal, Config, Credential, LunConfig, 
 use sheepfs::iscsi::control::{self, ControlSocket};
 use sheepfs::iscsi::shared::Shared;
 use sheepfs::iscsi::{admin, Limits, Server};
+use sheepfs::util::notify;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -141,7 +142,7 @@ async fn reload(args: &Args, shared: &Arc<Shared>) {
         return;
     };
     tracing::info!(config = %path.display(), "SIGHUP: reloading");
-    notify("RELOADING=1");
+    notify::reloading();
     match build_config(args) {
         Err(e) => tracing::error!(error = %e, "reload failed; nothing changed"),
         Ok(cfg) => match admin::apply_config(shared, &cfg).await {
@@ -149,7 +150,7 @@ async fn reload(args: &Args, shared: &Arc<Shared>) {
             Err(e) => tracing::error!(error = %e, "reload failed; nothing changed"),
         },
     }
-    notify("READY=1");
+    notify::ready();
 }
 
 fn warn_open_targets(shared: &Shared) {
@@ -160,31 +161,8 @@ fn warn_open_targets(shared: &Shared) {
     }
 }
 
-/// Tells systemd (Type=notify) about our state, when it asked to know.
-fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let r = (|| -> std::io::Result<()> {
-        use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
-        let sock = UnixDatagram::unbound()?;
-        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
-        let addr = match bytes.strip_prefix(b"@") {
-            Some(name) => {
-                use std::os::linux::net::SocketAddrExt;
-                UnixAddr::from_abstract_name(name)?
-            }
-            None => UnixAddr::from_pathname(&path)?,
-        };
-        sock.send_to_addr(state.as_bytes(), &addr)?;
-        Ok(())
-    })();
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "cannot notify systemd");
-    }
-}
-
 fn main() -> ExitCode {
+    sheepfs::util::completions_from_env::<Args>("sheep-iscsi");
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&args.log))
@@ -271,7 +249,7 @@ fn main() -> ExitCode {
             tracing::info!("no targets yet: add them with sheep-iscsi-adm");
         }
         warn_open_targets(&shared);
-        notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+        notify::send_logged(&format!("READY=1\nMAINPID={}", std::process::id()));
         let serve_control = async {
             match &control {
                 Some(c) => c.serve(shared.clone()).await,
@@ -283,7 +261,7 @@ fn main() -> ExitCode {
                 _ = signals(&args, shared.clone()) => {}
                 _ = serve_control => {}
             }
-            notify("STOPPING=1");
+            notify::stopping();
         };
         server.run(stop).await;
         // Removes the socket file.

@@ -38,7 +38,9 @@ fn socket_addr(s: &str) -> io::Result<SocketAddr> {
     SocketAddr::from_pathname(s)
 }
 
-fn send_logged(state: &str) {
+/// [`notify`], logging a failure instead of returning it: a daemon goes on
+/// serving when systemd cannot be told.
+pub fn send_logged(state: &str) {
     if let Err(e) = notify(state) {
         tracing::warn!("cannot notify systemd ({state}) over $NOTIFY_SOCKET: {e}");
     }
@@ -47,6 +49,12 @@ fn send_logged(state: &str) {
 /// Tells systemd the service is up.
 pub fn ready() {
     send_logged("READY=1");
+}
+
+/// Tells systemd the service is re-reading its configuration; [`ready`]
+/// ends it.
+pub fn reloading() {
+    send_logged("RELOADING=1");
 }
 
 /// Tells systemd the service is stopping.
