@@ -668,6 +668,10 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    /// sheepfs has no extended attributes. ENOSYS (not ENODATA) makes the
+    /// kernel remember that and answer EOPNOTSUPP itself from then on, so
+    /// `ls -l` (an ACL probe per file) and every write (a
+    /// security.capability probe) cost no round trip here.
     fn getxattr(
         &self,
         _req: &Request,
@@ -676,15 +680,11 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::NO_XATTR);
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn create(
