@@ -204,8 +204,6 @@ pub struct Sheep {
     dir: PathBuf,
     stats: Stats,
     misc: Mutex<Misc>,
-    /// Cached [`Sheep::max_payload`], refreshed whenever the state changes.
-    max_payload: AtomicU64,
 }
 
 impl Sheep {
@@ -217,7 +215,6 @@ impl Sheep {
             })?;
         let state_file = StateFile::new(dir);
         let state = state_file.load()?;
-        let max_payload = AtomicU64::new(payload_limit(&state));
         let sheep = Sheep {
             store,
             state: RwLock::new(state),
@@ -233,7 +230,6 @@ impl Sheep {
                 recovery: [0; 24],
                 vnodes: crate::proto::SD_DEFAULT_VNODES as i32,
             }),
-            max_payload,
         };
         // Finish or undo a VDI operation a crash interrupted before serving.
         sheep
@@ -248,11 +244,6 @@ impl Sheep {
     /// Epoch to put in reply headers.
     pub fn epoch(&self) -> u32 {
         self.state.read().epoch
-    }
-
-    /// Largest payload a request may legally carry.
-    pub fn max_payload(&self) -> u64 {
-        self.max_payload.load(Ordering::Relaxed)
     }
 
     /// Size of the object `oid` names (for budgeting COW creates).
@@ -286,8 +277,6 @@ impl Sheep {
         recorded.map_err(|e| io_res(&e, "save state", self.state_file.path()))?;
         let mut st = self.state.write();
         f(&mut st);
-        self.max_payload
-            .store(payload_limit(&st), Ordering::Relaxed);
         let st = RwLockWriteGuard::downgrade(st);
         if journal.snapshot_due(st.vdis.len()) {
             // The journal stays valid if this fails: the next commit retries.
@@ -1148,11 +1137,6 @@ fn streams(oid: u64, len: u64) -> bool {
 /// `is_data_vid_update`).
 fn is_map_update(oid: u64, off: u64, len: u64) -> bool {
     oid::is_vdi_obj(oid) && off >= DATA_VDI_ID_OFFSET as u64 && off + len <= GREF_OFFSET as u64
-}
-
-/// Largest payload a request may carry for this state.
-fn payload_limit(st: &State) -> u64 {
-    st.max_object_size().max(VDI_BITMAP_SIZE as u64)
 }
 
 /// Object size of `oid` (`get_objsize`).

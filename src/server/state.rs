@@ -251,20 +251,6 @@ impl State {
         self.add_vdi(new_vid, copies, false, cp, shift, old_vid);
     }
 
-    /// Largest object any request may carry (data objects of the VDI with the
-    /// largest block_size_shift, or an inode).
-    pub fn max_object_size(&self) -> u64 {
-        let shift = self
-            .vdis
-            .values()
-            .map(|e| e.block_size_shift)
-            .chain(std::iter::once(self.block_size_shift))
-            .filter(|&s| s <= crate::proto::MAX_BLOCK_SIZE_SHIFT)
-            .max()
-            .unwrap_or(crate::proto::SD_DEFAULT_BLOCK_SIZE_SHIFT);
-        (1u64 << shift).max(crate::proto::inode::SD_INODE_SIZE as u64)
-    }
-
     /// The persisted scalars.
     fn header(&self) -> Header {
         Header {
