@@ -646,7 +646,7 @@ async fn bad_input_gives_errors_not_panics() {
     assert!(e.is_ok(), "unallocated reads need no server");
     let e = v.write_at(0, b"x").await.unwrap_err();
     assert!(e.is_transport(), "{e}");
-    assert_eq!(e.errno(), libc::EIO);
+    assert_eq!(sheepfs::fs::error::errno(&e), libc::EIO);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -669,7 +669,7 @@ async fn unix_socket_and_locks() {
         .await
         .unwrap_err();
     assert!(e.is(SdRes::VDI_LOCKED), "{e}");
-    assert_eq!(e.errno(), libc::EBUSY);
+    assert_eq!(sheepfs::fs::error::errno(&e), libc::EBUSY);
     v.close().await.unwrap();
     let v = Volume::open(c.clone(), "locked", opts).await.unwrap();
     v.write_at(0, b"via unix").await.unwrap();

@@ -4,66 +4,18 @@
 //! ([`Error::At`]), so a front end can print dog's message for each.
 
 use super::dogmap::InodeMap;
-use super::pool::{Client, Request};
-use super::volume::SnapSel;
+use super::error::Step;
+use super::pool::Client;
+use super::request::Request;
+use super::vdi::{check_name, check_size, SnapSel};
 use super::{Error, Result};
 use crate::proto::header::VdiArgs;
 use crate::proto::inode::{self, InodeHeader, SD_INODE_HEADER_SIZE, SD_INODE_SIZE};
 use crate::proto::node::{ClusterInfo, CLUSTER_INFO_SIZE};
-use crate::proto::{
-    flags, oid, op, ReqHeader, SdRes, OLD_MAX_DATA_OBJS, SD_DEFAULT_BLOCK_SIZE_SHIFT,
-    SD_MAX_VDI_SIZE,
-};
+use crate::proto::{flags, oid, op, ReqHeader, SdRes, SD_DEFAULT_BLOCK_SIZE_SHIFT};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The request of an admin operation that failed (see [`Error::At`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Step {
-    /// CLUSTER_INFO for the cluster's object size (create without `-z`/`-y`).
-    ClusterInfo,
-    /// GET_VDI_INFO of the VDI the operation works on.
-    Lookup,
-    /// Snapshot: looking up the tag (and reading the inode it names) to
-    /// check it is free; a tag in use is VDI_EXIST.
-    LookupTag,
-    /// Clone: looking up and reading back the new VDI.
-    Reopen,
-    /// Reading the whole data map (snapshot's reduce-identical check).
-    ReadMap,
-    /// Reading its inode.
-    ReadInode,
-    /// NEW_VDI.
-    NewVdi,
-    /// Reading a data object (clone copying data).
-    ReadData,
-    /// Creating a data object (preallocation, clone).
-    WriteData,
-    /// Writing the inode (map entries, B-tree, tag, size).
-    WriteInode,
-    /// DEL_VDI.
-    DelVdi,
-}
-
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Step::ClusterInfo => "reading the cluster info",
-            Step::Lookup => "looking up the VDI",
-            Step::LookupTag => "checking the snapshot tag",
-            Step::Reopen => "reading back the new VDI",
-            Step::ReadMap => "reading the data map",
-            Step::ReadInode => "reading the inode",
-            Step::NewVdi => "creating the VDI",
-            Step::ReadData => "reading a data object",
-            Step::WriteData => "writing a data object",
-            Step::WriteInode => "writing the inode",
-            Step::DelVdi => "deleting the VDI",
-        })
-    }
-}
 
 /// Called with (bytes done, bytes in all) as preallocation or cloning goes.
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
@@ -108,37 +60,6 @@ pub struct DeleteOptions {
     /// Walk a hyper volume's map as a flat array too, as dog does (it then
     /// zeroes the B-tree root). Off: a hyper volume's map is left to sheep.
     pub dog_hyper_walk: bool,
-}
-
-/// The `vdi_size` a VDI of `shift` may have: dog's rules (a flat inode maps
-/// at most 2^20 objects; nothing past 16 PiB), and more than 0 bytes (dog
-/// would ask sheep for an empty VDI).
-pub fn check_size(size: u64, shift: u8, hyper: bool) -> Result<()> {
-    if !(crate::proto::MIN_BLOCK_SIZE_SHIFT..=crate::proto::MAX_BLOCK_SIZE_SHIFT).contains(&shift) {
-        return Err(Error::Invalid(format!(
-            "block_size_shift {shift} is out of range (20..31)"
-        )));
-    }
-    if size == 0 {
-        return Err(Error::Invalid("VDI size must be larger than 0".into()));
-    }
-    let max = if hyper {
-        SD_MAX_VDI_SIZE
-    } else {
-        // dog keeps the object size in a uint32_t.
-        (1u32 << (shift & 31)) as u64 * OLD_MAX_DATA_OBJS
-    };
-    if size > max {
-        return Err(Error::TooLarge { size, max, hyper });
-    }
-    if size > SD_MAX_VDI_SIZE {
-        return Err(Error::TooLarge {
-            size,
-            max: SD_MAX_VDI_SIZE,
-            hyper: true,
-        });
-    }
-    Ok(())
 }
 
 fn at(step: Step, oid: u64) -> impl FnOnce(Error) -> Error {
@@ -221,7 +142,7 @@ impl Client {
     /// Creates a VDI (thin unless `opts.prealloc`) and returns its vid. Size
     /// limits as dog's ([`Error::TooLarge`]).
     pub async fn create_vdi(&self, name: &str, size: u64, opts: &CreateOptions) -> Result<u32> {
-        super::ops::check_name(name)?;
+        check_name(name)?;
         let shift = match (opts.block_size_shift, opts.hyper) {
             (Some(s), _) => s,
             // Hyper volumes always use the default object size.
@@ -447,7 +368,7 @@ impl Client {
         no_share: bool,
         progress: Option<&ProgressFn>,
     ) -> Result<u32> {
-        super::ops::check_name(dst)?;
+        check_name(dst)?;
         let base = self.lookup_step(src, sel).await?;
         let b = self.read_inode_step(base, SD_INODE_SIZE, true).await?;
         let mut src_map = InodeMap::new(b).ok_or_else(|| self.header_of(base, &[]).unwrap_err())?;

@@ -13,7 +13,7 @@
 //! sent on this connection can still be executing. The write fences of
 //! [`super::Client`] rest on this.
 
-use super::pool::{Request, Response};
+use super::request::{Request, Response};
 use super::{Error, Result, SheepAddr};
 use crate::proto::{ReqHeader, RspHeader, SD_RSP_SIZE};
 use bytes::Bytes;

@@ -53,11 +53,11 @@ pub enum Error {
     #[error("VDI size {size} is larger than {max} bytes{}", if *hyper { "" } else { "; use a hyper volume or a larger object size" })]
     TooLarge { size: u64, max: u64, hyper: bool },
     /// A step of a VDI administration operation failed (see
-    /// [`super::admin::Step`]); `oid` is the object it worked on (0: none).
+    /// [`Step`]); `oid` is the object it worked on (0: none).
     /// Displays as the error beneath, as the operation's callers showed it before.
     #[error("{source}")]
     At {
-        step: super::admin::Step,
+        step: Step,
         oid: u64,
         #[source]
         source: Box<Error>,
@@ -97,27 +97,51 @@ impl Error {
             Error::Connect { .. } | Error::Io { .. } | Error::Timeout { .. } | Error::Fenced { .. }
         )
     }
+}
 
-    /// The errno a filesystem should report.
-    pub fn errno(&self) -> i32 {
-        match self {
-            Error::Sheep { res, .. } => match *res {
-                SdRes::NO_VDI | SdRes::NO_TAG | SdRes::NO_OBJ => libc::ENOENT,
-                SdRes::VDI_EXIST => libc::EEXIST,
-                SdRes::VDI_LOCKED => libc::EBUSY,
-                SdRes::INVALID_PARMS => libc::EINVAL,
-                SdRes::NO_SPACE | SdRes::FULL_VDI => libc::ENOSPC,
-                SdRes::READONLY => libc::EROFS,
-                SdRes::NO_MEM => libc::ENOMEM,
-                _ => libc::EIO,
-            },
-            Error::Invalid(_) | Error::TooLarge { .. } => libc::EINVAL,
-            Error::At { source, .. } => source.errno(),
-            Error::ReadOnly(_) => libc::EROFS,
-            Error::OutOfRange { .. } => libc::ENOSPC,
-            Error::Timeout { .. } | Error::Connect { .. } | Error::Io { .. } => libc::EIO,
-            Error::Fenced { .. } => libc::EIO,
-            Error::Protocol { .. } | Error::Btree { .. } | Error::Closed => libc::EIO,
-        }
+/// The request of an admin operation that failed (see [`Error::At`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Step {
+    /// CLUSTER_INFO for the cluster's object size (create without `-z`/`-y`).
+    ClusterInfo,
+    /// GET_VDI_INFO of the VDI the operation works on.
+    Lookup,
+    /// Snapshot: looking up the tag (and reading the inode it names) to
+    /// check it is free; a tag in use is VDI_EXIST.
+    LookupTag,
+    /// Clone: looking up and reading back the new VDI.
+    Reopen,
+    /// Reading the whole data map (snapshot's reduce-identical check).
+    ReadMap,
+    /// Reading its inode.
+    ReadInode,
+    /// NEW_VDI.
+    NewVdi,
+    /// Reading a data object (clone copying data).
+    ReadData,
+    /// Creating a data object (preallocation, clone).
+    WriteData,
+    /// Writing the inode (map entries, B-tree, tag, size).
+    WriteInode,
+    /// DEL_VDI.
+    DelVdi,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::ClusterInfo => "reading the cluster info",
+            Step::Lookup => "looking up the VDI",
+            Step::LookupTag => "checking the snapshot tag",
+            Step::Reopen => "reading back the new VDI",
+            Step::ReadMap => "reading the data map",
+            Step::ReadInode => "reading the inode",
+            Step::NewVdi => "creating the VDI",
+            Step::ReadData => "reading a data object",
+            Step::WriteData => "writing a data object",
+            Step::WriteInode => "writing the inode",
+            Step::DelVdi => "deleting the VDI",
+        })
     }
 }

@@ -9,8 +9,9 @@
 //! row is handed out: memory is bounded by the window (and by
 //! [`MAP_BUDGET`] for the maps of large VDIs), not by the number of VDIs.
 
-use super::ops::VdiEntry;
+use super::map::map_read_len;
 use super::pool::Client;
+use super::vdi::VdiEntry;
 use super::{Error, Result};
 use crate::proto::bitmap::VidBitmap;
 use crate::proto::bytes::{get_u16, get_u32, get_u64};
@@ -92,28 +93,6 @@ pub type ScanItem = std::result::Result<ScannedVdi, ScanError>;
 /// The live vids: in use and not deleted, ascending.
 pub fn live_vids(inuse: &VidBitmap, deleted: &VidBitmap) -> Vec<u32> {
     inuse.iter_set().filter(|&v| !deleted.test(v)).collect()
-}
-
-/// dog's `sd_inode_get_meta_size` for a listing: the map bytes worth reading
-/// (`btree_hdr`: the 8 bytes after the header). Bounded by the map area
-/// (`data_vdi_id[]`), so a corrupt B-tree header cannot ask for gigabytes.
-pub fn map_read_len(h: &InodeHeader, btree_hdr: &[u8]) -> u32 {
-    let len = if h.is_hyper() {
-        let depth = if btree_hdr.len() >= 4 {
-            get_u16(btree_hdr, 2)
-        } else {
-            0
-        };
-        let entries = if btree_hdr.len() >= 8 {
-            get_u32(btree_hdr, 4) as usize
-        } else {
-            0
-        };
-        8 + entries.saturating_mul(if depth == 2 { 16 } else { 8 })
-    } else {
-        (h.nr_objs() as usize).saturating_mul(4)
-    };
-    len.min(inode::SD_INODE_DATA_INDEX_SIZE) as u32
 }
 
 /// Permits for `bytes` of map, at least one and never more than the budget.

@@ -2,8 +2,10 @@
 //! versions follow what `dog` sends (see the captures), so a real sheep sees
 //! the same traffic from us as from dog.
 
-use super::pool::{Client, Request};
-use super::volume::SnapSel;
+use super::map::{DataMap, FlatMap, Inode};
+use super::pool::Client;
+use super::request::Request;
+use super::vdi::{check_name, SnapSel, VdiId};
 use super::{Error, Result};
 use crate::proto::attr::{VdiAttr, SD_ATTR_OBJ_SIZE};
 use crate::proto::bitmap::VidBitmap;
@@ -14,192 +16,9 @@ use crate::proto::node::{
     ClusterInfo, EpochLog, SdNode, VdiState, CLUSTER_INFO_SIZE, SD_NODE_SIZE,
 };
 use crate::proto::{
-    flags, oid, op, validate_name, ReqHeader, SdRes, SD_MAX_NODES, SD_MAX_VDI_LEN, VDI_BITMAP_SIZE,
+    flags, oid, op, ReqHeader, SdRes, SD_MAX_NODES, SD_MAX_VDI_LEN, VDI_BITMAP_SIZE,
 };
 use bytes::Bytes;
-
-/// A resolved VDI (GET_VDI_INFO / LOCK_VDI reply).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VdiId {
-    pub vid: u32,
-    pub copies: u8,
-    pub block_size_shift: u8,
-}
-
-/// The `data_vdi_id` map of an inode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DataMap {
-    /// store_policy 0: the first `nr_objs` entries of the flat array.
-    Flat(FlatMap),
-    /// store_policy 1 (hyper volume).
-    Btree(Btree),
-}
-
-impl DataMap {
-    pub fn get(&self, idx: u64) -> u32 {
-        match self {
-            DataMap::Flat(v) => v.get(idx),
-            DataMap::Btree(t) => u32::try_from(idx).map(|i| t.get(i)).unwrap_or(0),
-        }
-    }
-    /// `(idx, vid)` of every allocated entry, ascending.
-    pub fn allocated(&self) -> Vec<(u64, u32)> {
-        match self {
-            DataMap::Flat(v) => {
-                let mut out = Vec::new();
-                let mut i = 0;
-                while let Some(j) = v.next_allocated(i) {
-                    out.push((j, v.get(j)));
-                    i = j + 1;
-                }
-                out
-            }
-            DataMap::Btree(t) => t
-                .entries()
-                .into_iter()
-                .map(|(i, v)| (i as u64, v))
-                .collect(),
-        }
-    }
-}
-
-/// Entries per page of a [`FlatMap`] (4 KiB).
-const PAGE: usize = 1024;
-
-/// A flat map held sparsely: pages of 1,024 entries, a page only where some
-/// entry is set. A thin 4 TiB volume's map costs 8 KiB plus 4 KiB per 4 GiB
-/// written (with 4 MiB objects), not 4 MiB, so a thousand attached volumes
-/// cost memory for what they use.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlatMap {
-    pages: Vec<Option<Box<[u32; PAGE]>>>,
-    len: usize,
-}
-
-static UNSET: u32 = 0;
-
-impl FlatMap {
-    /// A map of `len` unset entries.
-    pub fn new(len: usize) -> FlatMap {
-        let mut m = FlatMap::default();
-        m.resize(len);
-        m
-    }
-
-    /// The map whose entries are `v`.
-    pub fn from_entries(v: impl ExactSizeIterator<Item = u32>) -> FlatMap {
-        let mut m = FlatMap::new(v.len());
-        for (i, e) in v.enumerate() {
-            if e != 0 {
-                m.set(i as u64, e);
-            }
-        }
-        m
-    }
-
-    /// Number of entries.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Entry `idx` (0 past the end).
-    pub fn get(&self, idx: u64) -> u32 {
-        self[idx as usize]
-    }
-
-    /// Sets entry `idx`; ignored past the end.
-    pub fn set(&mut self, idx: u64, vid: u32) {
-        let Ok(i) = usize::try_from(idx) else { return };
-        if i >= self.len {
-            return;
-        }
-        match &mut self.pages[i / PAGE] {
-            Some(p) => p[i % PAGE] = vid,
-            None if vid == 0 => {}
-            slot => slot.get_or_insert_with(|| Box::new([0; PAGE]))[i % PAGE] = vid,
-        }
-    }
-
-    /// Grows (or shrinks) to `len` entries; new entries are unset.
-    pub fn resize(&mut self, len: usize) {
-        if len < self.len {
-            for i in len..(len.div_ceil(PAGE) * PAGE).min(self.len) {
-                self.set(i as u64, 0);
-            }
-        }
-        self.pages.resize(len.div_ceil(PAGE), None);
-        self.len = len;
-    }
-
-    /// How many entries equal `vid` (not 0); unset pages cost nothing.
-    pub fn count(&self, vid: u32) -> usize {
-        self.pages
-            .iter()
-            .flatten()
-            .map(|p| p.iter().filter(|&&x| x == vid).count())
-            .sum()
-    }
-
-    /// The first set entry at or after `from`.
-    pub fn next_allocated(&self, from: u64) -> Option<u64> {
-        let mut i = usize::try_from(from).ok()?;
-        while i < self.len {
-            match &self.pages[i / PAGE] {
-                None => i = (i / PAGE + 1) * PAGE,
-                Some(p) => {
-                    if p[i % PAGE] != 0 {
-                        return Some(i as u64);
-                    }
-                    i += 1;
-                }
-            }
-        }
-        None
-    }
-}
-
-impl std::ops::Index<usize> for FlatMap {
-    type Output = u32;
-    fn index(&self, i: usize) -> &u32 {
-        if i >= self.len {
-            return &UNSET;
-        }
-        match &self.pages[i / PAGE] {
-            Some(p) => &p[i % PAGE],
-            None => &UNSET,
-        }
-    }
-}
-
-/// An inode: header and data map.
-#[derive(Debug, Clone)]
-pub struct Inode {
-    pub header: InodeHeader,
-    pub map: DataMap,
-}
-
-/// One row of `vdi list`: the inode header plus dog's used/shared counts.
-#[derive(Debug, Clone)]
-pub struct VdiEntry {
-    pub header: InodeHeader,
-    /// Objects owned by this VDI (entries equal to its vid).
-    pub used_objs: u64,
-    /// Objects shared with an ancestor (non-zero entries of another vid).
-    pub shared_objs: u64,
-}
-
-impl VdiEntry {
-    pub fn used_bytes(&self) -> u64 {
-        self.used_objs.wrapping_mul(self.header.object_size())
-    }
-    pub fn shared_bytes(&self) -> u64 {
-        self.shared_objs.wrapping_mul(self.header.object_size())
-    }
-}
 
 /// name[256] + tag[256], the lookup payload.
 fn name_tag_payload(name: &str, tag: &str) -> Vec<u8> {
@@ -214,10 +33,6 @@ fn sel_parts(sel: &SnapSel) -> (&str, u32) {
         SnapSel::Tag(t) => (t.as_str(), 0),
         SnapSel::Id(id) => ("", *id),
     }
-}
-
-pub(crate) fn check_name(name: &str) -> Result<()> {
-    validate_name(name).map_err(|e| Error::Invalid(format!("'{}': {e}", name.escape_debug())))
 }
 
 impl Client {
@@ -640,7 +455,7 @@ impl Client {
     /// The map of an inode whose first INODE_LIST_READ bytes are `head`: as
     /// dog does, reads just the part the header says is used, then parses it.
     async fn read_map(&self, ioid: u64, h: &InodeHeader, head: &[u8]) -> Result<DataMap> {
-        let len = super::list::map_read_len(h, &head[inode::DATA_VDI_ID_OFFSET..]);
+        let len = super::map::map_read_len(h, &head[inode::DATA_VDI_ID_OFFSET..]);
         let area = self
             .read_obj(
                 ioid,
@@ -803,33 +618,5 @@ impl Client {
             )
             .await?;
         Ok(VdiAttr::decode(&b).map(|a| a.value).unwrap_or_default())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flat_map_is_sparse_and_exact() {
-        // A 4 TiB VDI of 4 MiB objects.
-        let mut m = FlatMap::new(1 << 20);
-        assert_eq!(m.pages.iter().filter(|p| p.is_some()).count(), 0);
-        assert_eq!((m.get(0), m[5000], m.get(1 << 40)), (0, 0, 0));
-        m.set(5000, 7);
-        m.set(1 << 20, 9); // past the end: ignored
-        m.set(9000, 0); // unset stays without a page
-        assert_eq!(m.pages.iter().filter(|p| p.is_some()).count(), 1);
-        assert_eq!((m.get(5000), m[5000]), (7, 7));
-        assert_eq!(m.next_allocated(0), Some(5000));
-        assert_eq!(m.next_allocated(5001), None);
-        let d = DataMap::Flat(m.clone());
-        assert_eq!(d.allocated(), vec![(5000, 7)]);
-        m.resize(5000);
-        assert_eq!((m.len(), m.get(5000), m.next_allocated(0)), (5000, 0, None));
-        m.resize(6000);
-        assert_eq!(m.get(5000), 0, "growing shows no stale entry");
-        let f = FlatMap::from_entries([0, 3, 0, 4].into_iter());
-        assert_eq!((f.len(), f[1], f[3], f[2]), (4, 3, 4, 0));
     }
 }

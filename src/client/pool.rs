@@ -24,56 +24,14 @@
 //! VDI lock keeps them out).
 
 use super::conn::Conn;
+use super::request::{Request, Response};
 use super::{Error, Result, SheepAddr};
 use crate::proto::header::ObjArgs;
-use crate::proto::{oid, op, ReqHeader, RspHeader, SdRes};
-use bytes::Bytes;
+use crate::proto::{oid, op, ReqHeader, SdRes};
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A request: header, payload (sent only with CMD_WRITE), and whether it may
-/// be resent after a transport failure.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub hdr: ReqHeader,
-    pub payload: Bytes,
-    pub idempotent: bool,
-}
-
-impl Request {
-    pub fn new(hdr: ReqHeader) -> Self {
-        Request {
-            hdr,
-            payload: Bytes::new(),
-            idempotent: true,
-        }
-    }
-    /// Attaches a payload, setting CMD_WRITE and `data_length`.
-    pub fn with_payload(mut self, payload: impl Into<Bytes>) -> Self {
-        self.payload = payload.into();
-        self.hdr.flags |= crate::proto::flags::CMD_WRITE;
-        self.hdr.data_length = self.payload.len() as u32;
-        self
-    }
-    pub fn not_idempotent(mut self) -> Self {
-        self.idempotent = false;
-        self
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub hdr: RspHeader,
-    pub data: Vec<u8>,
-}
-
-impl Response {
-    pub fn result(&self) -> SdRes {
-        self.hdr.result()
-    }
-}
 
 /// Client tuning.
 #[derive(Debug, Clone)]

@@ -11,7 +11,8 @@
 //!   working VDI and redo the write as COW;
 //! - the VDI lock, the optional object cache and per-volume statistics.
 
-use super::ops::{DataMap, Inode};
+use super::map::{DataMap, Inode};
+use super::vdi::SnapSel;
 use super::{Client, Error, ObjectCache, Result};
 use crate::proto::inode::{self, InodeHeader};
 use crate::proto::{flags, oid, SdRes, LOCK_TYPE_NORMAL, LOCK_TYPE_SHARED};
@@ -23,43 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Notify;
-
-/// Which member of a VDI family to open.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum SnapSel {
-    /// The writable head.
-    #[default]
-    Working,
-    /// The snapshot with this tag.
-    Tag(String),
-    /// The snapshot with this snap_id.
-    Id(u32),
-}
-
-impl SnapSel {
-    /// `TAG` or `SNAPID` (all digits), as tgt's backing-store suffix and `name@X`.
-    pub fn parse(s: &str) -> SnapSel {
-        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(n) = s.parse::<u32>() {
-                return SnapSel::Id(n);
-            }
-        }
-        SnapSel::Tag(s.to_string())
-    }
-    pub fn is_working(&self) -> bool {
-        matches!(self, SnapSel::Working)
-    }
-}
-
-impl std::fmt::Display for SnapSel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SnapSel::Working => Ok(()),
-            SnapSel::Tag(t) => write!(f, "@{t}"),
-            SnapSel::Id(i) => write!(f, "@{i}"),
-        }
-    }
-}
 
 /// Whether opening takes the VDI lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -827,7 +791,7 @@ impl Volume {
                 self.name, h.vdi_size, new_size
             )));
         }
-        super::admin::check_size(new_size, h.block_size_shift, h.is_hyper())?;
+        super::vdi::check_size(new_size, h.block_size_shift, h.is_hyper())?;
         // Keep whatever else is in the header on the server.
         let mut fresh = self.client.read_inode_header(h.vdi_id).await?;
         if fresh.snap_ctime != 0 {
@@ -1173,16 +1137,6 @@ mod tests {
         assert_eq!(p.len(), 3);
         assert!(p.iter().all(|x| x.len == 1 << 20 && x.off == 0));
         assert_eq!(pieces((1u64 << 42) + 4096, 4096, 22)[0].idx, 1 << 20);
-    }
-
-    #[test]
-    fn snapsel_parse() {
-        assert_eq!(SnapSel::parse("12"), SnapSel::Id(12));
-        assert_eq!(SnapSel::parse("snap1"), SnapSel::Tag("snap1".into()));
-        assert_eq!(
-            SnapSel::parse("99999999999"),
-            SnapSel::Tag("99999999999".into())
-        );
     }
 
     #[tokio::test]

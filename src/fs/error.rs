@@ -12,6 +12,28 @@ pub type FsResult<T> = std::result::Result<T, FsError>;
 /// (documented in sheepfs(8)).
 pub const ERRNO_UNFORMATTED: i32 = libc::ENXIO;
 
+/// The errno a filesystem reports for a client error (a cluster that is not
+/// formatted is EIO here; [`FsError::client`] makes it ENXIO).
+pub fn errno(e: &client::Error) -> i32 {
+    use client::Error;
+    match e.root() {
+        Error::Sheep { res, .. } => match *res {
+            SdRes::NO_VDI | SdRes::NO_TAG | SdRes::NO_OBJ => libc::ENOENT,
+            SdRes::VDI_EXIST => libc::EEXIST,
+            SdRes::VDI_LOCKED => libc::EBUSY,
+            SdRes::INVALID_PARMS => libc::EINVAL,
+            SdRes::NO_SPACE | SdRes::FULL_VDI => libc::ENOSPC,
+            SdRes::READONLY => libc::EROFS,
+            SdRes::NO_MEM => libc::ENOMEM,
+            _ => libc::EIO,
+        },
+        Error::Invalid(_) | Error::TooLarge { .. } => libc::EINVAL,
+        Error::ReadOnly(_) => libc::EROFS,
+        Error::OutOfRange { .. } => libc::ENOSPC,
+        _ => libc::EIO,
+    }
+}
+
 #[derive(Debug)]
 pub struct FsError {
     errno: i32,
@@ -47,7 +69,7 @@ impl FsError {
         let errno = if e.is(SdRes::WAIT_FOR_FORMAT) {
             ERRNO_UNFORMATTED
         } else {
-            e.errno()
+            errno(&e)
         };
         // Transport trouble and corrupt replies deserve ERROR; a sheep
         // refusing a request (no such VDI, locked...) is a WARN.
