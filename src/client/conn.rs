@@ -14,6 +14,7 @@
 //! [`super::Client`] rest on this.
 
 use super::request::{Request, Response};
+use super::transport::Connector;
 use super::{Error, Result, SheepAddr};
 use crate::proto::{ReqHeader, RspHeader, SD_RSP_SIZE};
 use bytes::Bytes;
@@ -78,9 +79,18 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub async fn connect(addr: &SheepAddr, timeout: Duration) -> Result<Conn> {
+    /// Connects to `addr`, through `via` if given (see [`super::transport`]).
+    pub async fn connect(
+        addr: &SheepAddr,
+        timeout: Duration,
+        via: Option<&Connector>,
+    ) -> Result<Conn> {
         let name = addr.to_string();
         let fut = async {
+            if let Some(connect) = via {
+                let (r, w) = tokio::io::split(connect(addr).await?);
+                return Ok(Conn::start(name.clone(), r, w));
+            }
             match addr {
                 SheepAddr::Tcp { host, port } => {
                     let s = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;

@@ -27,6 +27,7 @@ mod map;
 mod ops;
 mod pool;
 mod request;
+mod transport;
 mod vdi;
 pub mod volume;
 
@@ -38,5 +39,6 @@ pub use list::{ScanError, ScanItem, ScanOptions, ScanStage, ScannedVdi};
 pub use map::{DataMap, FlatMap, Inode};
 pub use pool::{Client, Options};
 pub use request::{Request, Response};
+pub use transport::ByteStream;
 pub use vdi::{SnapSel, VdiEntry, VdiId};
 pub use volume::{LockMode, OpenOptions, Volume, VolumeStats};

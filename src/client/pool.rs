@@ -25,6 +25,7 @@
 
 use super::conn::Conn;
 use super::request::{Request, Response};
+use super::transport::{self, ByteStream, Connector};
 use super::{Error, Result, SheepAddr};
 use crate::proto::header::ObjArgs;
 use crate::proto::{oid, op, ReqHeader, SdRes};
@@ -60,6 +61,8 @@ impl Default for Options {
 struct Inner {
     addr: RwLock<SheepAddr>,
     opts: Options,
+    /// A custom transport; None: TCP or Unix, as the address says.
+    connector: Option<Connector>,
     slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
     next: AtomicUsize,
     closed: AtomicBool,
@@ -127,11 +130,30 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client that connects on first use.
     pub fn new(addr: SheepAddr, opts: Options) -> Client {
+        Client::build(addr, opts, None)
+    }
+
+    /// A client whose connections are streams that `connect` opens (called
+    /// with the current address for each connection, the first and every
+    /// reconnect) instead of TCP or Unix sockets. `addr` names the peer in
+    /// messages and is what [`Client::addr`] returns;
+    /// [`Options::connect_timeout`] bounds each call.
+    pub fn with_connector<F, Fut, S>(addr: SheepAddr, opts: Options, connect: F) -> Client
+    where
+        F: Fn(&SheepAddr) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+        S: ByteStream,
+    {
+        Client::build(addr, opts, Some(transport::connector(connect)))
+    }
+
+    fn build(addr: SheepAddr, opts: Options, connector: Option<Connector>) -> Client {
         let n = opts.connections.max(1);
         Client {
             inner: Arc::new(Inner {
                 addr: RwLock::new(addr),
                 opts,
+                connector,
                 slots: (0..n).map(|_| tokio::sync::Mutex::new(None)).collect(),
                 next: AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
@@ -198,7 +220,8 @@ impl Client {
             self.inner.reconnects.fetch_add(1, Ordering::Relaxed);
         }
         let addr = self.addr();
-        let c = Arc::new(Conn::connect(&addr, self.inner.opts.connect_timeout).await?);
+        let via = self.inner.connector.as_ref();
+        let c = Arc::new(Conn::connect(&addr, self.inner.opts.connect_timeout, via).await?);
         *slot = Some(c.clone());
         Ok(c)
     }

@@ -1,5 +1,5 @@
-//! Serving on sockets: the TCP and Unix listeners of [`run`], signals, and
-//! the clean stop.
+//! Serving: on sockets (the TCP and Unix listeners of [`run`], signals, the
+//! clean stop) and in-process ([`serve_duplex`]).
 
 use super::net::{self, Ctx};
 use super::{advertised_node, open_dir, Config, ServerError, Sheep};
@@ -11,6 +11,22 @@ use tokio::task::JoinSet;
 
 /// How long a clean stop waits for in-flight requests and replies.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bytes buffered each way by [`serve_duplex`]: a few requests of a
+/// typical size, so the pipelines of both sides keep moving.
+const DUPLEX_BUFFER: usize = 1 << 20;
+
+/// One end of an in-memory stream whose other end `ctx` serves, as a
+/// connection from a client: for a [`crate::client::Client`] running in
+/// the same process (see [`crate::client::Client::with_connector`]).
+/// Must be called inside a tokio runtime; the server side ends when the
+/// returned end is dropped or shut down.
+pub fn serve_duplex(ctx: &Arc<Ctx>) -> tokio::io::DuplexStream {
+    let (client, server) = tokio::io::duplex(DUPLEX_BUFFER);
+    let ctx = ctx.clone();
+    tokio::spawn(async move { net::serve_stream(&ctx, server).await });
+    client
+}
 
 /// Raises the open-file limit to its hard maximum (object files are cached).
 fn raise_nofile() {

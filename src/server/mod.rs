@@ -55,7 +55,7 @@ mod vdi;
 
 pub use self::core::Sheep;
 pub use error::ServerError;
-pub use listen::run;
+pub use listen::{run, serve_duplex};
 pub use net::{serve_stream, Ctx};
 
 use crate::proto::node::{NodeId, SdNode};
