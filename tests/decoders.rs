@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use sheepfs::iscsi::backend::{Disk, MemBackend};
-use sheepfs::iscsi::pdu::{read_pdu, Framing};
+use sheepfs::iscsi::pdu::{read_pdu, take_pdu, Framing, Take};
 use sheepfs::iscsi::scsi::lu::{LogicalUnit, Path};
 use sheepfs::iscsi::scsi::{cdb_len, Command, Nexus};
 use sheepfs::iscsi::text;
@@ -178,9 +178,21 @@ proptest! {
     fn iscsi_pdus(b in random_bytes(400), digests in any::<(bool, bool)>(), max in 0u32..512) {
         let fr = Framing { header_digest: digests.0, data_digest: digests.1, max_recv: max };
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        if let Ok(p) = rt.block_on(read_pdu(&mut &b[..], &fr)) {
+        let read = rt.block_on(read_pdu(&mut &b[..], &fr));
+        if let Ok(p) = &read {
             prop_assert!(p.data.len() as u32 <= max);
             prop_assert!(48 + p.ahs.len() + p.data.len() <= b.len());
+        }
+        // The connection's buffer parser agrees with the stream reader.
+        let mut buf = bytes::BytesMut::from(&b[..]);
+        match (take_pdu(&mut buf, &fr), read) {
+            (Ok(Take::Pdu(p)), Ok(q)) => {
+                prop_assert_eq!(p.bhs, q.bhs);
+                prop_assert_eq!(p.data, q.data);
+            }
+            (Ok(Take::Need(n)), Err(_)) => prop_assert!(n > b.len()),
+            (Err(_), Err(_)) => {}
+            (t, r) => prop_assert!(false, "take_pdu {:?}, read_pdu {:?}", t, r.map(|p| p.bhs)),
         }
     }
 
@@ -195,6 +207,7 @@ proptest! {
         let lu = LogicalUnit::new(Disk::new(Arc::new(MemBackend::new(1 << 20, 1 << 16)), 1));
         let path = Path { lun: 0, target_name: "iqn.2024-01.test:t".into(), rel_port: 1, read_only: false };
         let nexus = Nexus::new("a".into(), "a".into(), "iqn.2024-01.test:t,t,0x0001".into(), 1);
+        let data = bytes::Bytes::from(data);
         let cmd = Command { cdb: &cdb, path: &path, data_out: &data, nexus: &nexus };
         let _ = lu.access(&cdb);
         let _ = rt.block_on(lu.execute(&cmd));

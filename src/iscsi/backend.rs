@@ -7,6 +7,7 @@ use super::config::Backing;
 use crate::client::{self, Client, LockMode, OpenOptions, SheepAddr, SnapSel, Volume};
 use crate::proto::hash::{fnv1a_64, FNV1A_64_INIT};
 use crate::proto::SdRes;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
@@ -62,7 +63,8 @@ pub trait BlockBackend: Send + Sync + 'static {
     fn granularity(&self) -> u64;
     fn read_only(&self) -> bool;
     fn read(&self, off: u64, len: usize) -> BoxFut<'_, BResult<Vec<u8>>>;
-    fn write<'a>(&'a self, off: u64, data: &'a [u8]) -> BoxFut<'a, BResult<()>>;
+    /// Writes `data` at `off`; the buffer is handed on, not copied.
+    fn write(&self, off: u64, data: Bytes) -> BoxFut<'_, BResult<()>>;
     /// Makes everything written so far durable.
     fn flush(&self) -> BoxFut<'_, BResult<()>>;
     /// Makes the range read as zeros, deallocating whole allocation units.
@@ -106,8 +108,8 @@ impl BlockBackend for VolumeBackend {
     fn read(&self, off: u64, len: usize) -> BoxFut<'_, BResult<Vec<u8>>> {
         Box::pin(async move { Ok(self.vol.read_at(off, len).await?) })
     }
-    fn write<'a>(&'a self, off: u64, data: &'a [u8]) -> BoxFut<'a, BResult<()>> {
-        Box::pin(async move { Ok(self.vol.write_at(off, data).await?) })
+    fn write(&self, off: u64, data: Bytes) -> BoxFut<'_, BResult<()>> {
+        Box::pin(async move { Ok(self.vol.write_bytes(off, data).await?) })
     }
     fn flush(&self) -> BoxFut<'_, BResult<()>> {
         Box::pin(async move { Ok(self.vol.flush().await?) })
@@ -250,14 +252,14 @@ impl BlockBackend for MemBackend {
             Ok(self.read_sync(off, len))
         })
     }
-    fn write<'a>(&'a self, off: u64, data: &'a [u8]) -> BoxFut<'a, BResult<()>> {
+    fn write(&self, off: u64, data: Bytes) -> BoxFut<'_, BResult<()>> {
         Box::pin(async move {
             self.pre().await?;
             if self.read_only {
                 return Err(BackendError::ReadOnly);
             }
             self.check(off, data.len() as u64)?;
-            self.write_sync(off, data);
+            self.write_sync(off, &data);
             Ok(())
         })
     }
@@ -576,7 +578,9 @@ mod tests {
     async fn mem_backend_allocation() {
         let m = MemBackend::new(10 << 20, 1 << 20);
         assert_eq!(m.block_status(0), (false, 10 << 20));
-        m.write((1 << 20) + 5, b"abc").await.unwrap();
+        m.write((1 << 20) + 5, Bytes::from_static(b"abc"))
+            .await
+            .unwrap();
         assert_eq!(m.read((1 << 20) + 4, 5).await.unwrap(), b"\0abc\0");
         assert_eq!(m.block_status(0), (false, 1 << 20));
         assert_eq!(m.block_status(1 << 20), (true, 1 << 20));
@@ -586,7 +590,10 @@ mod tests {
         assert_eq!(m.allocated_chunks(), 1);
         m.discard(1 << 20, 1 << 20).await.unwrap();
         assert_eq!(m.allocated_chunks(), 0);
-        assert_eq!(m.write(10 << 20, b"x").await, Err(BackendError::OutOfRange));
+        assert_eq!(
+            m.write(10 << 20, Bytes::from_static(b"x")).await,
+            Err(BackendError::OutOfRange)
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
-//! One iSCSI connection: login, then the full feature phase. A reader task
-//! feeds PDUs to this loop; a writer task sends what the loop and the
-//! command tasks queue, stamping sequence numbers in send order.
+//! One iSCSI connection: login, then the full feature phase in one loop
+//! that reads PDUs, polls the command tasks and writes what they queue
+//! (stamping sequence numbers in send order), so a command goes from its
+//! PDU to its response without a hop to another task or thread.
 
 use super::backend::Reservation;
 use super::login::{Login, LoginResult, Outcome, SessionKind, SessionParams};
@@ -9,18 +10,19 @@ use super::scsi::{self, lu, Access, Command, Nexus};
 use super::shared::{nexus_for, Lun, SessionShared, Shared, Target, TPGT};
 use super::task::{self, AbortResult, Out, SnState, TaskCtl};
 use super::text::{self, KvList};
+use super::wire::{Inbound, Outbound};
 use bytes::{Bytes, BytesMut};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tracing::Instrument;
 
 /// Largest EDTL we collect for one write (the SCSI layer's limit plus room
@@ -30,6 +32,9 @@ const MAX_WRITE_EDTL: u32 = (scsi::MAX_XFER_BYTES as u32) + 65536;
 const IMMEDIATE_SLACK: u32 = 16;
 /// SPC-4 REPORTED LUNS DATA HAS CHANGED.
 const REPORTED_LUNS_CHANGED: (u8, u8) = (0x3f, 0x0e);
+/// Unsent bytes beyond which the loop stops reading new PDUs until the
+/// initiator takes its responses (the commands in flight still finish).
+const OUT_BACKLOG: usize = 8 << 20;
 
 /// Serves one TCP connection to the end.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
@@ -104,13 +109,29 @@ async fn login(
 
 /// State the command tasks share with the connection.
 struct ConnShared {
-    out: mpsc::Sender<Out>,
+    /// PDUs for the loop to send, in order; None once the connection ended.
+    out: parking_lot::Mutex<Option<Vec<Out>>>,
     sn: SnState,
-    /// Woken when a task finishes (logout and drain wait for that).
+    /// Wakes the loop when a PDU was queued from outside it (task
+    /// management). Command tasks need not: the loop polls them itself and
+    /// looks at the queue (and at logout and drain) after each poll.
     idle: Notify,
     /// MaxRecvDataSegmentLength of the initiator (may change by Text).
     initiator_mrdsl: AtomicU32,
     max_burst: u32,
+}
+
+impl ConnShared {
+    /// Queues PDUs for the loop to send; false once the connection ended.
+    fn queue(&self, pdus: impl IntoIterator<Item = Out>) -> bool {
+        match self.out.lock().as_mut() {
+            Some(q) => {
+                q.extend(pdus);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Where a write's data comes from.
@@ -245,18 +266,16 @@ async fn full_feature(
         data_digest: res.params.data_digest,
         max_recv: res.params.target_mrdsl,
     };
-    let (out_tx, out_rx) = mpsc::channel::<Out>(256);
     let cs = Arc::new(ConnShared {
-        out: out_tx,
+        out: parking_lot::Mutex::new(Some(Vec::new())),
         sn: SnState::new(res.cmd_sn, shared.limits.queue_depth),
         idle: Notify::new(),
         initiator_mrdsl: AtomicU32::new(res.params.initiator_mrdsl),
         max_burst: res.params.max_burst,
     });
-    let writer =
-        tokio::spawn(writer(wr, out_rx, cs.clone(), framing, res.stat_sn).in_current_span());
-    let (in_tx, mut in_rx) = mpsc::channel::<Result<Pdu, PduError>>(8);
-    let reader = tokio::spawn(reader(rd, in_tx, framing));
+    let mut inbound = Inbound::new(rd, framing);
+    let mut outbound = Outbound::new(wr, framing, res.stat_sn);
+    let mut sending = Vec::new();
 
     let mut c = Conn {
         shared: shared.clone(),
@@ -285,35 +304,36 @@ async fn full_feature(
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let end = loop {
         running.extend(c.new_tasks.get_mut().drain(..));
+        // Every command that can go on does so now: new ones send their
+        // requests, finished ones queue their responses to share one write.
+        while let Some(Some(())) = running.next().now_or_never() {}
         if let Some(e) = c.check_finish().await {
             break e;
         }
+        send_queued(&cs, &mut sending, &mut outbound);
+        if let Err(e) = outbound.try_flush() {
+            tracing::debug!(error = %e, "write failed");
+            break End::Closed;
+        }
+        let backlog = outbound.pending() > OUT_BACKLOG;
         tokio::select! {
-            r = in_rx.recv() => match r {
-                Some(first) => {
-                    // This one and whatever else has arrived, without another wake-up.
-                    let mut next = Some(first);
-                    let mut end = None;
-                    while let Some(r) = next.take() {
-                        let res = match r {
-                            Ok(p) => {
-                                c.last_rx = Instant::now();
-                                c.handle(p).await
-                            }
-                            Err(e) => Err(c.read_error(e).await),
-                        };
-                        if let Err(e) = res {
-                            end = Some(e);
-                            break;
-                        }
-                        next = in_rx.try_recv().ok();
-                    }
-                    if let Some(e) = end {
+            r = inbound.fill(), if !backlog => match r {
+                Ok(0) if inbound.partial() => break End::Protocol("connection closed inside a PDU".into()),
+                Ok(0) => break End::Closed,
+                Ok(_) => {
+                    // Every PDU that has arrived, without another wake-up.
+                    if let Err(e) = receive(&mut c, &mut inbound).await {
                         break e;
                     }
                 }
-                None => break End::Closed,
+                Err(e) => break End::Protocol(format!("receive failed: {e}")),
             },
+            r = outbound.writable(), if outbound.pending() > 0 => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "write failed");
+                    break End::Closed;
+                }
+            }
             Some(()) = running.next(), if !running.is_empty() => {}
             _ = cs.idle.notified() => {}
             _ = tick.tick() => {
@@ -334,7 +354,6 @@ async fn full_feature(
         End::Closed => tracing::info!(peer = %peer, "connection closed"),
         End::Protocol(why) => tracing::info!(peer = %peer, reason = %why, "closing connection"),
     }
-    reader.abort();
     // Tasks still running finish their I/O but send nothing.
     let tasks: Vec<Arc<TaskCtl>> = sess.tasks.lock().values().cloned().collect();
     for t in &tasks {
@@ -343,21 +362,17 @@ async fn full_feature(
     c.xfers.clear();
     running.extend(c.new_tasks.get_mut().drain(..));
     drop(c);
-    // An initiator that stopped reading must not keep this connection (and
-    // the tasks waiting to queue responses) alive: bounded waits, then the
-    // writer is dropped, which fails every pending send. Meanwhile the
-    // commands still executing run to their end.
+    // What was queued before the end (a logout response, a reject) is
+    // sent; an initiator that stopped reading gets a bounded wait. Meanwhile
+    // the commands still executing run to their end.
     let grace = Duration::from_secs(10);
-    let mut writer = writer;
+    send_queued(&cs, &mut sending, &mut outbound);
+    *cs.out.lock() = None;
     let close = async {
-        let flushed = async {
-            let _ = cs.out.send(Out::Close).await;
-            let _ = (&mut writer).await;
-        };
-        if tokio::time::timeout(grace, flushed).await.is_err() {
-            tracing::info!("initiator not reading; dropping unsent PDUs");
-            writer.abort();
-            let _ = (&mut writer).await;
+        match tokio::time::timeout(grace, outbound.flush()).await {
+            Ok(Ok(())) => outbound.shutdown().await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "write failed"),
+            Err(_) => tracing::info!("initiator not reading; dropping unsent PDUs"),
         }
     };
     let drain = async { while running.next().await.is_some() {} };
@@ -374,102 +389,37 @@ async fn full_feature(
     sess.closed.send_replace(true);
 }
 
-async fn reader(rd: OwnedReadHalf, tx: mpsc::Sender<Result<Pdu, PduError>>, fr: Framing) {
-    // Buffered: a header, its data and the next PDUs usually arrive in one
-    // segment, so one receive call serves several reads.
-    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+/// Handles every complete PDU in the receive buffer.
+async fn receive(c: &mut Conn, inbound: &mut Inbound) -> Result<(), End> {
     loop {
-        let r = read_pdu(&mut rd, &fr).await;
-        let stop = r.is_err();
-        if tx.send(r).await.is_err() || stop {
-            return;
-        }
-    }
-}
-
-/// Sends queued PDUs, assigning StatSN in send order and the current
-/// ExpCmdSN/MaxCmdSN; batches small PDUs into one flush.
-async fn writer(
-    wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Out>,
-    cs: Arc<ConnShared>,
-    fr: Framing,
-    mut stat_sn: u32,
-) {
-    let mut w = BufWriter::with_capacity(256 * 1024, wr);
-    let mut head = BytesMut::with_capacity(128);
-    'outer: while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(o) = next.take() {
-            match o {
-                Out::Close => {
-                    let _ = w.flush().await;
-                    break 'outer;
-                }
-                Out::Pdu { mut pdu, status } => {
-                    let (exp, max) = cs.sn.values();
-                    let b = &mut pdu.bhs;
-                    if pdu_has_sn(b.opcode()) {
-                        if b.opcode() != op::DATA_IN || status {
-                            b.set_u32(off::STAT_SN, stat_sn);
-                        }
-                        b.set_u32(off::EXP_CMD_SN, exp);
-                        b.set_u32(off::MAX_CMD_SN, max);
-                    }
-                    if status {
-                        stat_sn = stat_sn.wrapping_add(1);
-                    }
-                    head.clear();
-                    pdu::encode_header(&mut pdu, &fr, &mut head);
-                    let r = async {
-                        w.write_all(&head).await?;
-                        if !pdu.data.is_empty() {
-                            w.write_all(&pdu.data).await?;
-                            head.clear();
-                            pdu::data_trailer(&pdu.data, &fr, &mut head);
-                            w.write_all(&head).await?;
-                        }
-                        Ok::<_, std::io::Error>(())
-                    }
-                    .await;
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "write failed");
-                        break 'outer;
-                    }
-                }
+        match inbound.next_pdu() {
+            Ok(Some(p)) => {
+                c.last_rx = Instant::now();
+                c.handle(p).await?;
             }
-            next = rx.try_recv().ok();
-        }
-        if let Err(e) = w.flush().await {
-            tracing::debug!(error = %e, "flush failed");
-            break;
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(c.read_error(e).await),
         }
     }
-    let _ = w.shutdown().await;
 }
 
-fn pdu_has_sn(opcode: u8) -> bool {
-    matches!(
-        opcode,
-        op::NOP_IN
-            | op::SCSI_RSP
-            | op::TMF_RSP
-            | op::TEXT_RSP
-            | op::DATA_IN
-            | op::LOGOUT_RSP
-            | op::R2T
-            | op::ASYNC_MSG
-            | op::REJECT
-    )
+/// Moves what the loop and the tasks queued to the socket's queue, in order.
+fn send_queued(cs: &ConnShared, sending: &mut Vec<Out>, outbound: &mut Outbound) {
+    if let Some(q) = cs.out.lock().as_mut() {
+        std::mem::swap(q, sending);
+    }
+    for Out::Pdu { pdu, status } in sending.drain(..) {
+        outbound.push(pdu, status, cs.sn.values());
+    }
 }
 
 impl Conn {
     async fn send(&self, pdu: Pdu, status: bool) -> Result<(), End> {
-        self.cs
-            .out
-            .send(Out::Pdu { pdu, status })
-            .await
-            .map_err(|_| End::Closed)
+        if self.cs.queue([Out::Pdu { pdu, status }]) {
+            Ok(())
+        } else {
+            Err(End::Closed)
+        }
     }
 
     async fn reject(&self, bad: &Bhs, reason: u8) -> Result<(), End> {
@@ -958,7 +908,7 @@ impl Conn {
         };
         // Aborted writes stop soliciting; their later Data-Out is discarded.
         self.xfers.retain(|_, x| !x.task.is_aborted());
-        let out = self.cs.out.clone();
+        let cs = self.cs.clone();
         let cold = close.then(|| target.clone());
         tokio::spawn(async move {
             for t in &aborted {
@@ -971,12 +921,11 @@ impl Conn {
             b.set_flags(0x80);
             b.0[2] = code;
             b.set_itt(itt);
-            let _ = out
-                .send(Out::Pdu {
-                    pdu: Pdu::new(b),
-                    status: true,
-                })
-                .await;
+            cs.queue([Out::Pdu {
+                pdu: Pdu::new(b),
+                status: true,
+            }]);
+            cs.idle.notify_one();
             if let Some(t) = cold {
                 // TARGET COLD RESET: every session of the target ends.
                 let sessions: Vec<Arc<SessionShared>> =
@@ -1251,7 +1200,6 @@ impl TaskRun {
         self.sess.tasks.lock().remove(&task.itt);
         self.cs.sn.task_finished();
         task.mark_done();
-        self.cs.idle.notify_one();
     }
 
     async fn run_inner(&mut self) {
@@ -1317,10 +1265,7 @@ impl TaskRun {
             return;
         }
         self.framing.mrdsl = self.cs.initiator_mrdsl.load(Ordering::Relaxed);
-        for o in task::response_pdus(&self.framing, &resp, self.read) {
-            if self.cs.out.send(o).await.is_err() {
-                return;
-            }
-        }
+        self.cs
+            .queue(task::response_pdus(&self.framing, &resp, self.read));
     }
 }

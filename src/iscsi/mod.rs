@@ -9,7 +9,10 @@
 //! - [`scsi`]: the SPC-4/SBC-3 command set over a disk; no iSCSI in it.
 //! - [`login`], [`chap`]: the login phase as a state machine.
 //! - [`task`]: per-command state, CmdSN window, result -> PDUs.
-//! - [`conn`]: one connection (reader, writer, command tasks).
+//! - [`conn`]: one connection: login, then one loop that reads PDUs, runs
+//!   the command tasks and writes their responses.
+//! - [`wire`]: that loop's socket side (PDUs cut from the receive buffer,
+//!   vectored writes).
 //! - [`shared`]: targets, LUNs and sessions as every connection sees them.
 //! - [`stats`]: per-LUN counters and latency percentiles.
 //! - [`admin`]: run-time changes (tgtadm's requests), `show`, reload.
@@ -31,6 +34,7 @@ pub mod shared;
 pub mod stats;
 pub mod task;
 pub mod text;
+pub mod wire;
 
 pub use config::{Backing, Config, Credential, LunConfig, TargetConfig};
 pub use server::{Limits, Server};

@@ -306,6 +306,71 @@ pub async fn read_pdu<R: AsyncRead + Unpin>(r: &mut R, fr: &Framing) -> Result<P
     })
 }
 
+/// What [`take_pdu`] found at the front of a buffer.
+#[derive(Debug)]
+pub enum Take {
+    Pdu(Pdu),
+    /// Not complete yet: the PDU (or its header) is this many bytes long.
+    Need(usize),
+}
+
+/// Takes one whole PDU off the front of `buf` (the connection's receive
+/// buffer), its data segment sharing the buffer's memory. Bounded like
+/// [`read_pdu`]: a data segment longer than `fr.max_recv` is refused as soon
+/// as its header is there, so nothing larger is ever asked for.
+pub fn take_pdu(buf: &mut BytesMut, fr: &Framing) -> Result<Take, PduError> {
+    if buf.len() < BHS_LEN {
+        return Ok(Take::Need(BHS_LEN));
+    }
+    let mut hdr = [0u8; BHS_LEN];
+    hdr.copy_from_slice(&buf[..BHS_LEN]);
+    let bhs = Bhs(hdr);
+    let ahs_end = BHS_LEN + bhs.ahs_len();
+    let head = ahs_end + if fr.header_digest { 4 } else { 0 };
+    if buf.len() < head {
+        return Ok(Take::Need(head));
+    }
+    if fr.header_digest {
+        let d = u32::from_le_bytes([
+            buf[ahs_end],
+            buf[ahs_end + 1],
+            buf[ahs_end + 2],
+            buf[ahs_end + 3],
+        ]);
+        if d != digest(&[&buf[..ahs_end]]) {
+            return Err(PduError::HeaderDigest);
+        }
+    }
+    let len = bhs.data_len();
+    if len > fr.max_recv {
+        return Err(PduError::TooLong {
+            bhs,
+            len,
+            max: fr.max_recv,
+        });
+    }
+    let seg = len as usize + pad_len(len as usize);
+    let total = head + seg + if fr.data_digest && len > 0 { 4 } else { 0 };
+    if buf.len() < total {
+        return Ok(Take::Need(total));
+    }
+    let mut whole = buf.split_to(total);
+    let ahs = whole[BHS_LEN..ahs_end].to_vec();
+    let mut data = whole.split_off(head);
+    if fr.data_digest && len > 0 {
+        let d = &data[seg..seg + 4];
+        if u32::from_le_bytes([d[0], d[1], d[2], d[3]]) != digest(&[&data[..seg]]) {
+            return Err(PduError::DataDigest(bhs));
+        }
+    }
+    data.truncate(len as usize);
+    Ok(Take::Pdu(Pdu {
+        bhs,
+        ahs,
+        data: data.freeze(),
+    }))
+}
+
 /// Serialises the header part (BHS, AHS, header digest) of a PDU; the
 /// caller sends the data segment with [`data_trailer`] after it.
 pub fn encode_header(pdu: &mut Pdu, fr: &Framing, out: &mut BytesMut) {

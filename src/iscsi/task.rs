@@ -171,14 +171,12 @@ impl SnState {
     }
 }
 
-/// A PDU for the connection's writer, which fills in StatSN, ExpCmdSN and
-/// MaxCmdSN at send time so they go out in order.
+/// A PDU for the connection to send; StatSN, ExpCmdSN and MaxCmdSN are
+/// filled in at send time so they go out in order.
 #[derive(Debug)]
 pub enum Out {
     /// `status`: the PDU consumes a StatSN.
     Pdu { pdu: Pdu, status: bool },
-    /// Flush and close the connection.
-    Close,
 }
 
 /// What a command's PDUs need from the session.
@@ -294,12 +292,7 @@ mod tests {
     }
 
     fn pdus(v: &[Out]) -> Vec<&Pdu> {
-        v.iter()
-            .map(|o| match o {
-                Out::Pdu { pdu, .. } => pdu,
-                Out::Close => panic!(),
-            })
-            .collect()
+        v.iter().map(|Out::Pdu { pdu, .. }| pdu).collect()
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The protocol core: one synchronous handler per opcode, run on the blocking
-//! pool by the network layer. It knows nothing about sockets.
+//! pool by the network layer (small reads and cached writes that need no
+//! waiting run in place: [`Sheep::handle_quick`]). It knows nothing about
+//! sockets.
 
 use super::error::{io_res, OpResult};
 use super::state::{State, StateFile};
@@ -295,44 +297,103 @@ impl Sheep {
 
     /// Handles one request.
     pub fn handle(&self, req: Req) -> Reply {
+        self.serve(&req, false)
+            .unwrap_or_else(|| Reply::res(SdRes::SYSTEM_ERROR))
+    }
+
+    /// Answers `req` right away if it is a small read or a small cached
+    /// write (SD_FLAG_CMD_CACHE: no sync) of a data object that needs no
+    /// waiting: no lock held by another request, the object's file open,
+    /// a read's bytes in the page cache. Such a request costs a few
+    /// microseconds, less than handing it to the blocking pool and its reply
+    /// back. None: run [`Sheep::handle`] on the blocking pool (nothing was
+    /// done).
+    pub fn handle_quick(&self, req: &Req) -> Option<Reply> {
+        if !is_quick_candidate(&req.hdr) || super::fault::requests_active() {
+            return None;
+        }
+        self.serve(req, true)
+    }
+
+    /// The gates every request passes, then its handler (see
+    /// [`Sheep::handle_quick`] for `quick`).
+    fn serve(&self, req: &Req, quick: bool) -> Option<Reply> {
         let h = &req.hdr;
         // §1.6: version gate, then unknown ops, then the cluster-state gate.
         if h.opcode >= 0x80 {
             if h.proto_ver != SD_SHEEP_PROTO_VER {
-                return Reply::res(SdRes::VER_MISMATCH);
+                return Some(Reply::res(SdRes::VER_MISMATCH));
             }
         } else if h.proto_ver > SD_PROTO_VER {
-            return Reply::res(SdRes::VER_MISMATCH);
+            return Some(Reply::res(SdRes::VER_MISMATCH));
         }
         if !is_known_op(h.opcode) {
             tracing::warn!(opcode = format_args!("{:#04x}", h.opcode), "unknown opcode");
-            return Reply::res(SdRes::INVALID_PARMS);
+            return Some(Reply::res(SdRes::INVALID_PARMS));
         }
         {
-            let st = self.state.read();
+            // Quick: not even behind a state commit in progress.
+            let st = if quick {
+                self.state.try_read()?
+            } else {
+                self.state.read()
+            };
             match st.status {
-                cluster_status::KILLED => return Reply::res(SdRes::KILLED),
-                cluster_status::SHUTDOWN => return Reply::res(SdRes::SHUTDOWN),
+                cluster_status::KILLED => return Some(Reply::res(SdRes::KILLED)),
+                cluster_status::SHUTDOWN => return Some(Reply::res(SdRes::SHUTDOWN)),
                 cluster_status::WAIT if !is_force_op(h.opcode) => {
-                    return Reply::res(if st.ctime == 0 {
+                    return Some(Reply::res(if st.ctime == 0 {
                         SdRes::WAIT_FOR_FORMAT
                     } else {
                         SdRes::WAIT_FOR_JOIN
-                    })
+                    }))
                 }
                 _ => {}
             }
         }
-        self.count(&req);
         if let Err(res) = super::fault::request(h.opcode) {
-            return Reply::res(res);
+            self.count(req);
+            return Some(Reply::res(res));
         }
-        let r = self.dispatch(&req);
+        let r = if quick {
+            self.dispatch_quick(req)?
+        } else {
+            self.dispatch(req)
+        };
+        self.count(req);
         let streamed = r.stream.as_ref().map(|s| s.len).unwrap_or(0);
         self.stats
             .tx
             .fetch_add(r.data.len() as u64 + streamed, Ordering::Relaxed);
-        r
+        Some(r)
+    }
+
+    /// The quick forms of READ_OBJ and WRITE_OBJ (see
+    /// [`Sheep::handle_quick`]); None where they would wait.
+    fn dispatch_quick(&self, req: &Req) -> Option<Reply> {
+        let h = &req.hdr;
+        let o = ObjArgs::decode(&h.args);
+        let off = o.offset as u64;
+        let done = if h.opcode == op::READ_OBJ {
+            let mut buf = vec![0u8; h.data_length as usize];
+            match self.store.try_read_cached(o.oid, off, &mut buf) {
+                Ok(true) => return Some(Reply::data(buf)),
+                other => other,
+            }
+        } else {
+            // As `mutate`, without waiting for a freeze in progress.
+            let vid = oid::oid_to_vid(o.oid);
+            let _g = self.gate(vid).try_read()?;
+            if self.state.try_read()?.data_readonly(vid) {
+                return Some(Reply::res(SdRes::READONLY));
+            }
+            self.store.try_write_cached(o.oid, off, &req.data)
+        };
+        match done {
+            Ok(true) => Some(Reply::ok()),
+            Ok(false) => None,
+            Err(res) => Some(Reply::res(res)),
+        }
     }
 
     fn count(&self, req: &Req) {
@@ -1131,6 +1192,22 @@ pub const STREAM_CHUNK: usize = 1 << 20;
 /// object's lock, so a client always sees a consistent map.
 fn streams(oid: u64, len: u64) -> bool {
     len > STREAM_MIN && matches!(oid::kind(oid), oid::ObjKind::Data | oid::ObjKind::Vmstate)
+}
+
+/// Largest payload of a request [`Sheep::handle_quick`] takes.
+pub const QUICK_MAX: u32 = 128 << 10;
+
+/// A READ_OBJ, or a WRITE_OBJ with SD_FLAG_CMD_CACHE, of at most
+/// [`QUICK_MAX`] bytes of a data object (the client forms: a peer's
+/// requests and every other opcode take the blocking pool).
+fn is_quick_candidate(h: &ReqHeader) -> bool {
+    let cached_write = flags::CMD_WRITE | flags::CMD_CACHE;
+    let fits = match h.opcode {
+        op::READ_OBJ => true,
+        op::WRITE_OBJ => h.flags & cached_write == cached_write,
+        _ => false,
+    };
+    fits && h.data_length <= QUICK_MAX && oid::is_data_obj(ObjArgs::decode(&h.args).oid)
 }
 
 /// Whether a WRITE_OBJ lies inside an inode's data_vdi_id (sheep's

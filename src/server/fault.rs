@@ -44,8 +44,16 @@ pub fn request(_opcode: u8) -> OpResult<()> {
     Ok(())
 }
 
+/// Whether request faults are configured (their delays must run on the
+/// blocking pool).
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn requests_active() -> bool {
+    false
+}
+
 #[cfg(feature = "fault-injection")]
-pub use imp::{point, request};
+pub use imp::{point, request, requests_active};
 
 #[cfg(feature = "fault-injection")]
 mod imp {
@@ -167,6 +175,10 @@ mod imp {
     }
 
     /// Delays or fails this request if a rule of [`REQ_ENV`] matches it.
+    pub fn requests_active() -> bool {
+        !rules().rules.is_empty()
+    }
+
     pub fn request(opcode: u8) -> OpResult<()> {
         let r = rules();
         if r.rules.is_empty() {

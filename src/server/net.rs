@@ -2,9 +2,10 @@
 //!
 //! Each connection has a reader loop and a writer task. The reader takes one
 //! request after another (48-byte header, then exactly `data_length` payload
-//! bytes iff CMD_WRITE) and runs each handler on the blocking pool, which
-//! passes the reply to the writer through a channel in completion order, so a
-//! reply (header + payload) is always written whole.
+//! bytes iff CMD_WRITE) and runs each handler on the blocking pool (a small
+//! read or cached write that needs no waiting runs in the reader itself),
+//! which passes the reply to the writer through a channel in completion
+//! order, so a reply (header + payload) is always written whole.
 //!
 //! No client can hold what other clients need (sheep-lite(8), LIMITS):
 //! - memory is reserved as payload bytes arrive, [`CHUNK`] at a time once
@@ -559,31 +560,40 @@ impl<R: AsyncRead + Unpin> ConnReader<R> {
             opcode = hdr.opcode,
             id = hdr.id
         );
-        // The handler runs on the blocking pool and hands its reply straight
-        // to the writer: no async task in between, one thread hand-off less
-        // per request.
-        tokio::task::spawn_blocking(move || {
-            span.in_scope(|| {
-                let reply = run_request(&ctx.sheep, Req { hdr, data });
-                let action = reply.action;
-                let res = reply.result;
-                let mut out = reply_bytes(&ctx.sheep, &hdr, reply);
-                tracing::debug!(result = ?res, len = out.data.len(), "reply");
-                // What the reply holds until written: its buffer, or the
-                // writer's piece of a streamed one.
-                let stream_buf = out.stream.as_ref().map_or(0, |s| {
-                    s.len.min(super::core::STREAM_CHUNK as u64) + WRITE_SLICE as u64
+        let req = Req { hdr, data };
+        // A small cached read or write is answered right here (see
+        // `Sheep::handle_quick`): no thread hand-off at all. Anything else
+        // runs on the blocking pool and hands its reply straight to the
+        // writer: no async task in between.
+        let quick = span.in_scope(|| run_quick(&ctx.sheep, &req));
+        let sheep = ctx.sheep.clone();
+        let finish = move |reply: Reply| {
+            let action = reply.action;
+            let res = reply.result;
+            let mut out = reply_bytes(&ctx.sheep, &hdr, reply);
+            tracing::debug!(result = ?res, len = out.data.len(), "reply");
+            // What the reply holds until written: its buffer, or the
+            // writer's piece of a streamed one.
+            let stream_buf = out.stream.as_ref().map_or(0, |s| {
+                s.len.min(super::core::STREAM_CHUNK as u64) + WRITE_SLICE as u64
+            });
+            charge.shrink_to(out.data.len() as u64 + stream_buf);
+            out._charge = charge;
+            out._slot = Some(slot);
+            // Fails only once the writer is gone (connection closing).
+            let _ = tx.send(out);
+            if action == Action::Stop {
+                ctx.stop();
+            }
+        };
+        match quick {
+            Some(reply) => span.in_scope(|| finish(reply)),
+            None => {
+                tokio::task::spawn_blocking(move || {
+                    span.in_scope(|| finish(run_request(&sheep, req)))
                 });
-                charge.shrink_to(out.data.len() as u64 + stream_buf);
-                out._charge = charge;
-                out._slot = Some(slot);
-                // Fails only once the writer is gone (connection closing).
-                let _ = tx.send(out);
-                if action == Action::Stop {
-                    ctx.stop();
-                }
-            })
-        });
+            }
+        }
         Ok(())
     }
 }
@@ -627,6 +637,15 @@ fn reservation(sheep: &Sheep, h: &ReqHeader) -> u64 {
     }
     let dl = h.data_length as u64;
     need.saturating_sub(dl) + dl.min(SMALL_OP_MAX)
+}
+
+/// [`Sheep::handle_quick`]; a panic is answered with SYSTEM_ERROR.
+fn run_quick(sheep: &Sheep, req: &Req) -> Option<Reply> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sheep.handle_quick(req)))
+        .unwrap_or_else(|_| {
+            tracing::error!("request handler panicked");
+            Some(Reply::res(SdRes::SYSTEM_ERROR))
+        })
 }
 
 /// Runs the handler; a panic is answered with SYSTEM_ERROR, not silence.

@@ -195,6 +195,39 @@ impl Store {
     /// Writes into an existing object; NO_OBJ if it does not exist.
     pub fn write_locked(&self, oid: u64, offset: u64, data: &[u8], sync: bool) -> OpResult<()> {
         let h = self.handle(oid)?;
+        self.write_to(&h, oid, offset, data, sync)
+    }
+
+    /// The object's stripe shared and its open file, if that needs neither
+    /// waiting for the lock nor open(2).
+    fn try_cached(&self, oid: u64) -> Option<(RwLockReadGuard<'_, ()>, Handle)> {
+        let g = self.locks[stripe(oid)].try_read()?;
+        let h = self.fds.lock().get(&oid).cloned()?;
+        Some((g, h))
+    }
+
+    /// [`Store::read`] if it can be done without waiting: the object's lock
+    /// free, its file open and the bytes in the page cache. `Ok(false)`: it
+    /// cannot (use [`Store::read`]).
+    pub fn try_read_cached(&self, oid: u64, offset: u64, buf: &mut [u8]) -> OpResult<bool> {
+        let Some((_g, h)) = self.try_cached(oid) else {
+            return Ok(false);
+        };
+        check_range(oid, offset, buf.len(), h.size)?;
+        read_nowait(&h.file, buf, offset).map_err(|e| io_res(&e, "read", &self.path(oid)))
+    }
+
+    /// A write without sync (SD_FLAG_CMD_CACHE) if it needs no open(2) and
+    /// no waiting for the object's lock. `Ok(false)`: nothing was written
+    /// (use [`Store::write`]).
+    pub fn try_write_cached(&self, oid: u64, offset: u64, data: &[u8]) -> OpResult<bool> {
+        let Some((_g, h)) = self.try_cached(oid) else {
+            return Ok(false);
+        };
+        self.write_to(&h, oid, offset, data, false).map(|_| true)
+    }
+
+    fn write_to(&self, h: &Handle, oid: u64, offset: u64, data: &[u8], sync: bool) -> OpResult<()> {
         check_range(oid, offset, data.len(), h.size)?;
         let path = || self.path(oid);
         h.file
@@ -456,6 +489,43 @@ fn check_range(oid: u64, offset: u64, len: usize, size: u64) -> OpResult<()> {
     }
 }
 
+/// Fills `buf` from the page cache (preadv2 with RWF_NOWAIT); false if some
+/// of it would have to come from the disk (or the kernel cannot say).
+fn read_nowait(f: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut done = 0usize;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        let iov = libc::iovec {
+            iov_base: rest.as_mut_ptr().cast(),
+            iov_len: rest.len(),
+        };
+        // SAFETY: one iovec over memory we exclusively borrow, on an open fd.
+        let n = unsafe {
+            libc::preadv2(
+                f.as_raw_fd(),
+                &iov,
+                1,
+                (offset + done as u64) as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => Ok(false),
+                Some(libc::EINTR) => continue,
+                _ => Err(e),
+            };
+        }
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        done += n as usize;
+    }
+    Ok(true)
+}
+
 /// Buffer size of the copy fallback (when copy_file_range is not available).
 pub const COPY_CHUNK: usize = 1 << 20;
 
@@ -612,6 +682,46 @@ mod tests {
         let s = Store::open(d.path(), 16).unwrap();
         assert!(s.list().unwrap().is_empty());
         assert!(!d.path().join("0000000700000001.tmp.3").exists());
+    }
+
+    /// The no-wait forms do the same as the others, or nothing at all.
+    #[test]
+    fn cached_forms_act_or_decline() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path(), 16).unwrap();
+        let oid = oid::vid_to_data_oid(7, 2);
+        s.create(oid, 1 << 20, &[(0, b"old")]).unwrap();
+        // Not open yet (a create does not keep its file): declined, unchanged.
+        s.forget(oid);
+        assert_eq!(s.try_write_cached(oid, 0, b"new"), Ok(false));
+        let mut b = vec![0u8; 3];
+        s.read(oid, 0, &mut b).unwrap();
+        assert_eq!(&b, b"old");
+        // Open now: written, remembered for the next flush, readable.
+        assert_eq!(s.try_write_cached(oid, 0, b"new"), Ok(true));
+        assert!(s.dirty.lock().get(&7).is_some_and(|d| d.contains(&oid)));
+        let mut b = vec![0u8; 3];
+        if s.try_read_cached(oid, 0, &mut b).unwrap() {
+            assert_eq!(&b, b"new");
+        }
+        s.read(oid, 0, &mut b).unwrap();
+        assert_eq!(&b, b"new");
+        // Range errors are answered, not declined.
+        assert_eq!(
+            s.try_write_cached(oid, (1 << 20) - 1, b"xy"),
+            Err(SdRes::INVALID_PARMS)
+        );
+        assert_eq!(
+            s.try_read_cached(oid, (1 << 20) - 1, &mut b),
+            Err(SdRes::INVALID_PARMS)
+        );
+        // The object's lock held by a read-modify-write: declined.
+        let g = s.lock(oid);
+        assert_eq!(s.try_write_cached(oid, 0, b"zzz"), Ok(false));
+        assert_eq!(s.try_read_cached(oid, 0, &mut b), Ok(false));
+        drop(g);
+        s.read(oid, 0, &mut b).unwrap();
+        assert_eq!(&b, b"new");
     }
 
     #[test]

@@ -254,7 +254,8 @@ impl LogicalUnit {
                     push_ua(&mut st, &k, asc::CAPACITY_DATA_CHANGED);
                 }
             }
-            if st.known.insert(port.to_string()) {
+            if !st.known.contains(port) {
+                st.known.insert(port.to_string());
                 st.ua.entry(port.to_string()).or_default();
             }
             if !matches!(op, 0x12 | 0xa0 | 0x03) {
@@ -394,12 +395,13 @@ impl LogicalUnit {
         Ok(d)
     }
 
-    async fn backend_write(&self, off: u64, data: &[u8]) -> Result<(), Sense> {
+    async fn backend_write(&self, off: u64, data: Bytes) -> Result<(), Sense> {
         if data.is_empty() {
             return Ok(());
         }
+        let len = data.len();
         self.disk.backend.write(off, data).await.map_err(|e| {
-            tracing::warn!(disk = %self.disk.backend.describe(), off, len = data.len(), error = %e, "write failed");
+            tracing::warn!(disk = %self.disk.backend.describe(), off, len, error = %e, "write failed");
             io_sense(&e, true)
         })
     }
@@ -539,7 +541,8 @@ impl LogicalUnit {
         self.check_writable(cmd.path)?;
         // Only whole blocks the initiator actually sent are written (residual overflow).
         let have = (cmd.data_out.len() as u64).min(len) & !(BLOCK_SIZE - 1);
-        self.backend_write(off, &cmd.data_out[..have as usize])
+        // The initiator's buffer itself goes to the backend (no copy).
+        self.backend_write(off, cmd.data_out.slice(..have as usize))
             .await?;
         let fua = cmd.cdb[0] != 0x0a && rw.flags & 0x08 != 0;
         let verify = matches!(cmd.cdb[0], 0x2e | 0xae | 0x8e);
@@ -642,11 +645,12 @@ impl LogicalUnit {
             self.backend_discard(off, len).await?;
         } else {
             let chunk = WS_CHUNK.min(len);
-            let buf: Vec<u8> = block.iter().copied().cycle().take(chunk as usize).collect();
+            let buf: Bytes = block.iter().copied().cycle().take(chunk as usize).collect();
             let mut pos = 0;
             while pos < len {
                 let n = chunk.min(len - pos);
-                self.backend_write(off + pos, &buf[..n as usize]).await?;
+                self.backend_write(off + pos, buf.slice(..n as usize))
+                    .await?;
                 pos += n;
             }
         }
@@ -719,7 +723,8 @@ impl LogicalUnit {
         if (cmd.data_out.len() as u64) < wanted {
             return Err(illegal(asc::INVALID_FIELD_IN_IU));
         }
-        let (verify, write) = cmd.data_out[..wanted as usize].split_at(len as usize);
+        let verify = &cmd.data_out[..len as usize];
+        let write = cmd.data_out.slice(len as usize..wanted as usize);
         // Atomic against other commands: the order lock holds this range exclusively.
         let cur = self.backend_read(off, len).await?;
         if let Some(m) = first_mismatch(&cur, verify) {
@@ -743,7 +748,7 @@ impl LogicalUnit {
             for (c, d) in cur.iter_mut().zip(&cmd.data_out[..have as usize]) {
                 *c |= *d;
             }
-            self.backend_write(off, &cur).await?;
+            self.backend_write(off, cur.into()).await?;
         }
         Ok(Response {
             wanted_out: len,
@@ -1189,7 +1194,7 @@ mod tests {
         lu.execute(&Command {
             cdb,
             path: &path(false),
-            data_out: data,
+            data_out: &Bytes::copy_from_slice(data),
             nexus: &n,
         })
         .await
@@ -1343,7 +1348,7 @@ mod tests {
         lu.execute(&Command {
             cdb: &[0, 0, 0, 0, 0, 0],
             path: &path(false),
-            data_out: &[],
+            data_out: &Bytes::new(),
             nexus: &b,
         })
         .await;
@@ -1361,7 +1366,7 @@ mod tests {
             .execute(&Command {
                 cdb: &[0, 0, 0, 0, 0, 0],
                 path: &path(false),
-                data_out: &[],
+                data_out: &Bytes::new(),
                 nexus: &b,
             })
             .await;

@@ -188,7 +188,7 @@ pub struct Command<'a> {
     /// The LUN (and target) the command came through.
     pub path: &'a Path,
     /// Everything the initiator sent (EDTL bytes, or fewer on overflow).
-    pub data_out: &'a [u8],
+    pub data_out: &'a Bytes,
     pub nexus: &'a Nexus,
 }
 
