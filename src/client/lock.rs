@@ -20,7 +20,8 @@ pub(crate) struct KeyedLocks {
 pub(crate) struct KeyedGuard<'a> {
     owner: &'a KeyedLocks,
     key: u64,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    /// Taken (dropped) under the map's lock, see `drop`.
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
     _g: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
@@ -37,7 +38,7 @@ impl KeyedLocks {
         KeyedGuard {
             owner: self,
             key,
-            lock: m,
+            lock: Some(m),
             _g: Some(g),
         }
     }
@@ -48,8 +49,13 @@ impl Drop for KeyedGuard<'_> {
         self._g.take();
         let mut map = self.owner.map.lock();
         // Only the map and this guard hold it: nobody waits, drop the entry.
-        if Arc::strong_count(&self.lock) == 2 {
-            map.remove(&self.key);
+        // Our reference goes while the map is locked: a guard of the same
+        // key dropped just after must not count it, or neither removes the
+        // entry (found by tests/shuttle_locks.rs).
+        if let Some(lock) = self.lock.take() {
+            if Arc::strong_count(&lock) == 2 {
+                map.remove(&self.key);
+            }
         }
     }
 }
