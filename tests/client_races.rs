@@ -189,19 +189,59 @@ fn write_req(oid: u64, fill: u8, len: usize) -> Request {
 }
 
 /// A server that stops reading for longer than the request timeout: the
-/// first request is cut off half-sent; a second one queued meanwhile must
+/// first request is cut off half-sent; a second one queued behind it must
 /// not be written into the middle of the first one's payload (the server
 /// would execute a write whose payload contains another request).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+///
+/// No timing is assumed. The server reads the first request's header (so it
+/// is being sent, and holds the socket) and then nothing until both requests
+/// have failed; then it reads to the end of the stream, which the client
+/// closes after killing the connection. The client runs on one thread, so
+/// the second request is queued behind the first before the first one's
+/// timeout can be handled. The writer task picks between its kill signal
+/// and the socket in random order, so a writer that ignores the kill only
+/// splices some of the time: the scenario runs several rounds.
+#[tokio::test(flavor = "current_thread")]
 async fn abandoned_request_is_never_spliced() {
+    for round in 0..4 {
+        let got = abandon_one_request().await;
+        let h = ReqHeader::decode(got[..48].try_into().unwrap());
+        assert_eq!(
+            (h.opcode, ObjArgs::decode(&h.args).oid),
+            (op::WRITE_OBJ, 0x1111),
+            "round {round}: the stream starts with the first request"
+        );
+        let cut = got.len() < 48 + BIG;
+        assert!(cut, "round {round}: the first request was sent whole");
+        // Cut off, so nothing may follow it: every byte after its header is
+        // its own payload.
+        if let Some(p) = got[48..].iter().position(|&b| b != 0xAA) {
+            panic!(
+                "round {round}: bytes of another request spliced into the first one's payload at byte {}",
+                48 + p
+            );
+        }
+    }
+}
+
+const BIG: usize = 64 << 20;
+
+/// One round: returns every byte the server received on the connection.
+async fn abandon_one_request() -> Vec<u8> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
     let srv = std::thread::spawn(move || {
         let (mut s, _) = l.accept().unwrap();
-        std::thread::sleep(Duration::from_millis(2500));
-        s.set_read_timeout(Some(Duration::from_millis(1500)))
-            .unwrap();
-        let mut got = Vec::new();
+        // A bound against a hang only; nothing waits for it to pass.
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut got = vec![0u8; 48];
+        s.read_exact(&mut got).unwrap();
+        started_tx.send(()).unwrap();
+        // Read nothing more until the client has given up on both requests
+        // (or the test failed and dropped `go`).
+        let _ = go_rx.recv();
         let mut buf = vec![0u8; 1 << 20];
         loop {
             match s.read(&mut buf) {
@@ -222,24 +262,32 @@ async fn abandoned_request_is_never_spliced() {
     )
     .await
     .unwrap();
-    const BIG: usize = 64 << 20;
+    let first = write_req(0x1111, 0xAA, BIG);
     let c1 = c.clone();
-    let a = tokio::spawn(async move { c1.send(write_req(0x1111, 0xAA, BIG)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let a = tokio::spawn(async move { c1.send(first).await });
+    // Poll (with a deadline) until the server has the first header.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while started.try_recv().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first request never reached the server"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = write_req(0xDEAD_BEEF_0000_0001, 0x5A, 4096);
     let c2 = c.clone();
-    let b =
-        tokio::spawn(async move { c2.send(write_req(0xDEAD_BEEF_0000_0001, 0x5A, 4096)).await });
+    let b = tokio::spawn(async move { c2.send(second).await });
     assert!(
         a.await.unwrap().is_err(),
         "the stalled request must time out"
     );
-    let _ = b.await.unwrap();
-    let got = srv.join().unwrap();
-    let marker = 0xDEAD_BEEF_0000_0001u64.to_le_bytes();
-    if let Some(p) = got.windows(8).position(|w| w == marker) {
-        assert!(
-            p >= 48 + BIG,
-            "second request spliced into the first one's payload at byte {p}"
-        );
-    }
+    assert!(
+        b.await.unwrap().is_err(),
+        "the request queued behind it cannot have been answered"
+    );
+    go.send(()).unwrap();
+    // The client shuts its dead connection down, which ends the server's read.
+    tokio::task::spawn_blocking(move || srv.join().unwrap())
+        .await
+        .unwrap()
 }

@@ -6,6 +6,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+// Large payload and reply buffers are mapped and recycled, not kept in
+// glibc's arenas, so memory returns after a burst (sheep-lite(8), LIMITS).
+#[global_allocator]
+static ALLOC: sheepfs::server::alloc::Recycler = sheepfs::server::alloc::Recycler;
+
 /// A single-node Sheepdog server (sheep wire protocol on TCP and DIR/sock).
 #[derive(Parser, Debug)]
 #[command(

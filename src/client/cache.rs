@@ -5,13 +5,12 @@
 //! (the write marks it dirty), so the cache never holds bytes older than the
 //! last acknowledged write. Concurrent fills of one object are done once.
 
+use super::sync::{Mutex, Notify};
 use lru::LruCache;
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::Notify;
 
 struct Filling {
     dirty: bool,

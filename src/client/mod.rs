@@ -23,6 +23,7 @@ mod conn;
 mod dogmap;
 mod error;
 pub mod list;
+mod lock;
 mod map;
 mod ops;
 mod pool;
@@ -30,6 +31,14 @@ mod request;
 mod transport;
 mod vdi;
 pub mod volume;
+
+/// What `lock` and `cache` synchronise with. tests/shuttle_locks.rs compiles
+/// those two files against a `sync` of its own, which adds Shuttle's
+/// scheduling points around each lock.
+mod sync {
+    pub(crate) use parking_lot::Mutex;
+    pub(crate) use tokio::sync::Notify;
+}
 
 pub use addr::{parse_port, SheepAddr};
 pub use admin::{CreateOptions, DeleteOptions, ProgressFn};

@@ -11,6 +11,7 @@
 //!   working VDI and redo the write as COW;
 //! - the VDI lock, the optional object cache and per-volume statistics.
 
+use super::lock::{KeyedLocks, RangeLock};
 use super::map::{DataMap, Inode};
 use super::vdi::SnapSel;
 use super::{Client, Error, ObjectCache, Result};
@@ -19,11 +20,10 @@ use crate::proto::{flags, oid, SdRes, LOCK_TYPE_NORMAL, LOCK_TYPE_SHARED};
 use bytes::Bytes;
 use futures::future::try_join_all;
 use parking_lot::{Mutex, RwLock};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::Notify;
 
 /// Whether opening takes the VDI lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -912,104 +912,6 @@ impl Volume {
 }
 
 // ---------------------------------------------------------------------------
-// Per-object allocation locks.
-
-#[derive(Default)]
-struct KeyedLocks {
-    map: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-struct KeyedGuard<'a> {
-    owner: &'a KeyedLocks,
-    key: u64,
-    lock: Arc<tokio::sync::Mutex<()>>,
-    _g: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl KeyedLocks {
-    async fn lock(&self, key: u64) -> KeyedGuard<'_> {
-        let m = self.map.lock().entry(key).or_default().clone();
-        let g = m.clone().lock_owned().await;
-        KeyedGuard {
-            owner: self,
-            key,
-            lock: m,
-            _g: Some(g),
-        }
-    }
-}
-
-impl Drop for KeyedGuard<'_> {
-    fn drop(&mut self) {
-        self._g.take();
-        let mut map = self.owner.map.lock();
-        // Only the map and this guard hold it: nobody waits, drop the entry.
-        if Arc::strong_count(&self.lock) == 2 {
-            map.remove(&self.key);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// FIFO byte-range lock: a range is granted once no earlier (granted or
-// waiting) range overlaps it, so overlapping writes run in arrival order and
-// disjoint ones run in parallel.
-
-/// (ticket, start, end) in ticket order.
-type RangeEntry = (u64, u64, u64);
-
-#[derive(Default)]
-struct RangeLock {
-    /// Last ticket handed out, and the held or waiting ranges.
-    entries: Mutex<(u64, Vec<RangeEntry>)>,
-    notify: Notify,
-}
-
-struct RangeGuard<'a> {
-    owner: &'a RangeLock,
-    ticket: u64,
-}
-
-impl RangeLock {
-    async fn lock(&self, start: u64, end: u64) -> RangeGuard<'_> {
-        let ticket = {
-            let mut g = self.entries.lock();
-            g.0 += 1;
-            let t = g.0;
-            g.1.push((t, start, end));
-            t
-        };
-        let guard = RangeGuard {
-            owner: self,
-            ticket,
-        };
-        loop {
-            let notified = self.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let blocked = self
-                .entries
-                .lock()
-                .1
-                .iter()
-                .take_while(|e| e.0 < ticket)
-                .any(|e| e.1 < end && start < e.2);
-            if !blocked {
-                return guard;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for RangeGuard<'_> {
-    fn drop(&mut self) {
-        self.owner.entries.lock().1.retain(|e| e.0 != self.ticket);
-        self.owner.notify.notify_waiters();
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Statistics.
 
 const BUCKETS: usize = 32;
@@ -1137,31 +1039,6 @@ mod tests {
         assert_eq!(p.len(), 3);
         assert!(p.iter().all(|x| x.len == 1 << 20 && x.off == 0));
         assert_eq!(pieces((1u64 << 42) + 4096, 4096, 22)[0].idx, 1 << 20);
-    }
-
-    #[tokio::test]
-    async fn range_lock_orders_overlaps_and_frees_disjoint() {
-        let l = Arc::new(RangeLock::default());
-        let g1 = l.lock(0, 100).await;
-        // Disjoint: granted at once.
-        let g2 = tokio::time::timeout(std::time::Duration::from_millis(100), l.lock(100, 200))
-            .await
-            .expect("disjoint range must not wait");
-        let l2 = l.clone();
-        let waiter = tokio::spawn(async move {
-            let _g = l2.lock(50, 150).await;
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-        assert!(!waiter.is_finished(), "overlapping range must wait");
-        drop(g1);
-        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-        assert!(!waiter.is_finished(), "still overlaps g2");
-        drop(g2);
-        tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
-            .await
-            .expect("granted after release")
-            .unwrap();
-        assert!(l.entries.lock().1.is_empty());
     }
 
     #[test]

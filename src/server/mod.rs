@@ -44,6 +44,7 @@
 //!   kill or fail the server at each step; without it they do not exist;
 //! - state changes reach memory only after they are durable.
 
+pub mod alloc;
 mod core;
 mod error;
 mod fault;

@@ -32,6 +32,11 @@
 //! until its reply is written. Requests larger than a pool work the same way,
 //! so a request larger than the whole budget still runs. Memory in use is at
 //! most the budget plus one request.
+//!
+//! What is released returns to the system: the sheep-lite program allocates
+//! large buffers with [`super::alloc::Recycler`] (mapped blocks, a small
+//! cache of idle ones emptied by [`Ctx::trim_heap`]), and the heap is trimmed
+//! after bursts.
 
 use super::core::{
     Action, FileRange, Reply, Req, Sheep, OP_CREATE_AND_WRITE_PEER, OP_READ_PEER, OP_WRITE_PEER,
@@ -59,14 +64,13 @@ pub const SMALL_OP_MAX: u64 = VDI_BITMAP_SIZE as u64;
 /// Reply bytes written per timed write (a stalled peer is noticed within the
 /// I/O timeout even during a large reply).
 const WRITE_SLICE: usize = 256 << 10;
-/// Payloads up to this size get their whole buffer at once (virtual memory,
-/// touched as bytes arrive); larger ones grow as they arrive.
-const EAGER_ALLOC: u64 = 16 << 20;
 /// A server that became quiet after reserving this many bytes, or that
 /// released [`RELEASED`] bytes since the last check, hands free heap memory
 /// back to the system.
 const TRIM_AFTER: u64 = 8 << 20;
 const RELEASED: u64 = 16 << 20;
+/// Cached large buffers unused for this long go back to the system.
+const BUFFER_IDLE: Duration = Duration::from_secs(1);
 
 /// Limits in effect, derived from [`Config`] (sheep-lite(8), LIMITS).
 #[derive(Debug, Clone)]
@@ -169,12 +173,14 @@ impl Ctx {
         self.limits.budget - self.budget.available_permits() as u64
     }
 
-    /// Hands free heap memory back to the system (glibc keeps freed arena
-    /// memory otherwise) when the server has become quiet after reserving
-    /// much, or has just released a lot (connections holding big buffers
-    /// closed). Called periodically; blocking (it walks the
-    /// heap), cheap when there is nothing to do.
+    /// Hands free memory back to the system: cached large buffers idle for
+    /// [`BUFFER_IDLE`] (see [`super::alloc`]), and free heap memory (glibc
+    /// keeps freed arena memory otherwise) when the server has become quiet
+    /// after reserving much, or has just released a lot (connections
+    /// holding big buffers closed). Called periodically; blocking (it walks
+    /// the heap), cheap when there is nothing to do.
     pub fn trim_heap(&self) {
+        super::alloc::release_idle(BUFFER_IDLE);
         let in_use = self.memory_in_use();
         let before = self.last_in_use.swap(in_use, Ordering::Relaxed);
         let released = before.saturating_sub(in_use) >= RELEASED;
@@ -514,7 +520,10 @@ impl<R: AsyncRead + Unpin> ConnReader<R> {
         let mut charge = Charge::default();
         let mut data = Vec::new();
         if has_payload {
-            data = Vec::with_capacity(if dl <= EAGER_ALLOC { dl as usize } else { 0 });
+            // The buffer grows as bytes arrive (its capacity at most twice
+            // what arrived), never ahead of the reservation: a stalled upload
+            // holds no more memory than it is charged for, however warm the
+            // block the allocator hands out.
             while (data.len() as u64) < dl {
                 // Reserve only for bytes that are there (or on their way).
                 let b = stoppable(
@@ -607,10 +616,14 @@ async fn stoppable<T>(
     if *stop.borrow() {
         return Err(End::Quiet);
     }
+    // Stop and close first: a connection being torn down (its writer gone,
+    // its queued replies freed) must not admit more work with the memory
+    // they release.
     tokio::select! {
-        r = f => Ok(r),
+        biased;
         _ = stop.changed() => Err(End::Quiet),
         _ = tx.closed() => Err(End::Quiet),
+        r = f => Ok(r),
     }
 }
 
