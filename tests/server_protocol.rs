@@ -7,7 +7,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{name_payload, obj_hdr, pattern, send, sha, SheepLite};
-use sheepfs::client::{Client, CreateOptions, Options, Response, SheepAddr, SnapSel};
+use sheepfs::client::{Client, CreateOptions, ObjWrite, Options, Response, SheepAddr, SnapSel};
 use sheepfs::proto::header::{ClusterArgs, NodeRsp, ObjArgs, VdiArgs, VdiRsp};
 use sheepfs::proto::inode::{self, InodeHeader, SD_INODE_SIZE};
 use sheepfs::proto::node::{lock_state, ClusterInfo, EpochLog, SdNode, VdiState};
@@ -359,14 +359,14 @@ async fn object_ops_exist_list_discard_remove() {
     let ioid = oid::vid_to_vdi_oid(vid);
     // WRITE to a missing object.
     let e = c
-        .write_obj(o0, 0, 0, Bytes::from_static(b"x"), 0, false, 0)
+        .write_obj(ObjWrite::new(o0, 0, Bytes::from_static(b"x")))
         .await
         .unwrap_err();
     assert!(e.is(SdRes::NO_OBJ));
     let e = c.read_obj(o0, 0, 1, 0).await.unwrap_err();
     assert!(e.is(SdRes::NO_OBJ));
     // Create with data at an offset: the rest reads as zeros, full object size.
-    c.write_obj(o0, 0, 4096, Bytes::from(pattern(100, 1)), 0, true, 0)
+    c.write_obj(ObjWrite::new(o0, 4096, Bytes::from(pattern(100, 1))).creating(0))
         .await
         .unwrap();
     let b = c.read_obj(o0, 0, MB4 as u32, 0).await.unwrap();
@@ -377,20 +377,12 @@ async fn object_ops_exist_list_discard_remove() {
     let e = c.read_obj(o0, MB4 as u32 - 10, 20, 0).await.unwrap_err();
     assert!(e.is(SdRes::INVALID_PARMS));
     let e = c
-        .write_obj(
-            o0,
-            0,
-            MB4 as u32 - 1,
-            Bytes::from_static(b"ab"),
-            0,
-            false,
-            0,
-        )
+        .write_obj(ObjWrite::new(o0, MB4 as u32 - 1, Bytes::from_static(b"ab")))
         .await
         .unwrap_err();
     assert!(e.is(SdRes::INVALID_PARMS));
     let e = c
-        .write_obj(o1, 0, MB4 as u32, Bytes::from_static(b"a"), 0, true, 0)
+        .write_obj(ObjWrite::new(o1, MB4 as u32, Bytes::from_static(b"a")).creating(0))
         .await
         .unwrap_err();
     assert!(e.is(SdRes::INVALID_PARMS));
@@ -442,15 +434,11 @@ async fn object_ops_exist_list_discard_remove() {
         v
     });
     // DISCARD_OBJ: unmaps the index in the inode and drops the object.
-    c.write_obj(
+    c.write_obj(ObjWrite::new(
         ioid,
-        0,
         inode::data_vdi_id_offset(0) as u32,
         Bytes::copy_from_slice(&vid.to_le_bytes()),
-        0,
-        false,
-        0,
-    )
+    ))
     .await
     .unwrap();
     c.discard_obj(o0).await.unwrap();
@@ -461,7 +449,7 @@ async fn object_ops_exist_list_discard_remove() {
     assert_eq!(m, vec![0; 4]);
     assert!(c.read_obj(o0, 0, 1, 0).await.unwrap_err().is(SdRes::NO_OBJ));
     // REMOVE_OBJ.
-    c.write_obj(o1, 0, 0, Bytes::new(), 0, true, 0)
+    c.write_obj(ObjWrite::new(o1, 0, Bytes::new()).creating(0))
         .await
         .unwrap();
     c.remove_obj(o1).await.unwrap();
@@ -575,13 +563,12 @@ async fn vid_allocation_lookup_and_snapshots() {
     );
     // Clone of the snapshot: new name, parent = snapshot, map and grefs copied.
     c.write_obj(
-        oid::vid_to_data_oid(0x7c2b26, 0),
-        0,
-        0,
-        Bytes::from(pattern(512, 3)),
-        0,
-        true,
-        0,
+        ObjWrite::new(
+            oid::vid_to_data_oid(0x7c2b26, 0),
+            0,
+            Bytes::from(pattern(512, 3)),
+        )
+        .creating(0),
     )
     .await
     .unwrap();
@@ -630,25 +617,15 @@ async fn cow_create_and_readonly_snapshot_data() {
         .unwrap();
     let base = pattern(MB4, 7);
     c.write_obj(
-        oid::vid_to_data_oid(vid, 2),
-        0,
-        0,
-        Bytes::from(base.clone()),
-        0,
-        true,
-        0,
+        ObjWrite::new(oid::vid_to_data_oid(vid, 2), 0, Bytes::from(base.clone())).creating(0),
     )
     .await
     .unwrap();
-    c.write_obj(
+    c.write_obj(ObjWrite::new(
         oid::vid_to_vdi_oid(vid),
-        0,
         inode::data_vdi_id_offset(2) as u32,
         Bytes::copy_from_slice(&vid.to_le_bytes()),
-        0,
-        false,
-        0,
-    )
+    ))
     .await
     .unwrap();
     let (snap, work) = c.snapshot_vdi("cow", "").await.unwrap();
@@ -656,28 +633,19 @@ async fn cow_create_and_readonly_snapshot_data() {
     // Data objects of a snapshot are read-only; its inode is not.
     for create in [false, true] {
         let e = c
-            .write_obj(
-                oid::vid_to_data_oid(snap, 2),
-                0,
-                0,
-                Bytes::from_static(b"x"),
-                0,
+            .write_obj(ObjWrite {
                 create,
-                0,
-            )
+                ..ObjWrite::new(oid::vid_to_data_oid(snap, 2), 0, Bytes::from_static(b"x"))
+            })
             .await
             .unwrap_err();
         assert!(e.is(SdRes::READONLY), "{e}");
     }
-    c.write_obj(
+    c.write_obj(ObjWrite::new(
         oid::vid_to_vdi_oid(snap),
-        0,
         256,
         Bytes::from(vec![b't'; 4]),
-        0,
-        false,
-        0,
-    )
+    ))
     .await
     .unwrap();
     // Snapshot data stays readable.
@@ -731,15 +699,11 @@ async fn cow_create_and_readonly_snapshot_data() {
 }
 
 async fn zero_map(c: &Client, vid: u32, n: u32) {
-    c.write_obj(
+    c.write_obj(ObjWrite::new(
         oid::vid_to_vdi_oid(vid),
-        0,
         inode::data_vdi_id_offset(0) as u32,
         Bytes::from(vec![0u8; 4 * n as usize]),
-        0,
-        false,
-        0,
-    )
+    ))
     .await
     .unwrap();
 }
@@ -752,25 +716,20 @@ async fn del_vdi_rules() {
         .await
         .unwrap();
     c.write_obj(
-        oid::vid_to_data_oid(vid, 1),
-        0,
-        0,
-        Bytes::from(pattern(4096, 1)),
-        0,
-        true,
-        0,
+        ObjWrite::new(
+            oid::vid_to_data_oid(vid, 1),
+            0,
+            Bytes::from(pattern(4096, 1)),
+        )
+        .creating(0),
     )
     .await
     .unwrap();
-    c.write_obj(
+    c.write_obj(ObjWrite::new(
         oid::vid_to_vdi_oid(vid),
-        0,
         inode::data_vdi_id_offset(1) as u32,
         Bytes::copy_from_slice(&vid.to_le_bytes()),
-        0,
-        false,
-        0,
-    )
+    ))
     .await
     .unwrap();
     // DEL_VDI while data_vdi_id still maps an object: SUCCESS with the vid,
@@ -863,14 +822,14 @@ async fn del_vdi_rules() {
     let hi = c.read_inode(hv, true).await.unwrap();
     assert!(matches!(hi.map, sheepfs::client::DataMap::Btree(_)));
     let doid = oid::vid_to_data_oid(hv, 1 << 20);
-    c.write_obj(doid, 0, 0, Bytes::from_static(b"hyper"), 0, true, 0)
+    c.write_obj(ObjWrite::new(doid, 0, Bytes::from_static(b"hyper")).creating(0))
         .await
         .unwrap();
     let mut t = inode::Btree::from_root(&[]).unwrap();
     t.set(1 << 20, hv, &mut || unreachable!()).unwrap();
     let mut b = hi.header.encode();
     b.extend_from_slice(&t.encode_root());
-    c.write_obj(oid::vid_to_vdi_oid(hv), 0, 0, Bytes::from(b), 0, false, 0)
+    c.write_obj(ObjWrite::new(oid::vid_to_vdi_oid(hv), 0, Bytes::from(b)))
         .await
         .unwrap();
     c.delete_vdi("h", &SnapSel::Working).await.unwrap();
@@ -1190,13 +1149,8 @@ async fn full_disk_gives_no_space_and_keeps_data() {
         let data = pattern(MB4, i as u8);
         match c
             .write_obj(
-                oid::vid_to_data_oid(vid, i),
-                0,
-                0,
-                Bytes::from(data.clone()),
-                0,
-                true,
-                0,
+                ObjWrite::new(oid::vid_to_data_oid(vid, i), 0, Bytes::from(data.clone()))
+                    .creating(0),
             )
             .await
         {
@@ -1232,13 +1186,7 @@ async fn restart_keeps_everything() {
         .unwrap();
     let data = pattern(MB4, 9);
     c.write_obj(
-        oid::vid_to_data_oid(vid, 0),
-        0,
-        0,
-        Bytes::from(data.clone()),
-        0,
-        true,
-        0,
+        ObjWrite::new(oid::vid_to_data_oid(vid, 0), 0, Bytes::from(data.clone())).creating(0),
     )
     .await
     .unwrap();
@@ -1283,15 +1231,11 @@ async fn restart_keeps_everything() {
     assert_eq!(sha(&b), sha(&data));
     // Still read-only after restart.
     let e = c
-        .write_obj(
+        .write_obj(ObjWrite::new(
             oid::vid_to_data_oid(snap, 0),
             0,
-            0,
             Bytes::from_static(b"z"),
-            0,
-            false,
-            0,
-        )
+        ))
         .await
         .unwrap_err();
     assert!(e.is(SdRes::READONLY));
@@ -1326,7 +1270,13 @@ async fn write_until_killed(
         let create = n % 4 == 0;
         let fl = if cache { flags::CMD_CACHE } else { 0 };
         match c
-            .write_obj(o, 0, off, Bytes::from(data.clone()), fl, create, 0)
+            .write_obj(
+                ObjWrite {
+                    create,
+                    ..ObjWrite::new(o, off, Bytes::from(data.clone()))
+                }
+                .with_flags(fl),
+            )
             .await
         {
             Ok(()) => acked.push((o, off, sha(&data), data.len())),
@@ -1399,19 +1349,18 @@ async fn cached_writes_survive_kill9_after_flush_vdi() {
     let mut acked = Vec::new();
     for i in 0..8u32 {
         let o = oid::vid_to_data_oid(vid, i);
-        c.write_obj(o, 0, 0, Bytes::new(), flags::CMD_CACHE, true, 0)
-            .await
-            .unwrap();
+        c.write_obj(
+            ObjWrite::new(o, 0, Bytes::new())
+                .creating(0)
+                .with_flags(flags::CMD_CACHE),
+        )
+        .await
+        .unwrap();
         for k in 0..4u32 {
             let d = pattern(100_000, (i * 4 + k) as u8);
             c.write_obj(
-                o,
-                0,
-                k * 1_000_000,
-                Bytes::from(d.clone()),
-                flags::CMD_CACHE,
-                false,
-                0,
+                ObjWrite::new(o, k * 1_000_000, Bytes::from(d.clone()))
+                    .with_flags(flags::CMD_CACHE),
             )
             .await
             .unwrap();
@@ -1444,11 +1393,11 @@ async fn sigterm_and_shutdown_stop_cleanly() {
         .await
         .unwrap();
     let o = oid::vid_to_data_oid(vid, 0);
-    c.write_obj(o, 0, 0, Bytes::new(), 0, true, 0)
+    c.write_obj(ObjWrite::new(o, 0, Bytes::new()).creating(0))
         .await
         .unwrap();
     let d = pattern(1 << 20, 4);
-    c.write_obj(o, 0, 0, Bytes::from(d.clone()), flags::CMD_CACHE, false, 0)
+    c.write_obj(ObjWrite::new(o, 0, Bytes::from(d.clone())).with_flags(flags::CMD_CACHE))
         .await
         .unwrap();
     assert!(s.sock().exists());

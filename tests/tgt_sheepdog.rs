@@ -6,9 +6,8 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::{free_port, pattern, SheepLite};
-use sheepfs::client::{Client, CreateOptions, DataMap, Options};
+use sheepfs::client::{Client, CreateOptions, DataMap, ObjWrite, Options};
 use sheepfs::proto::{inode, oid};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -337,28 +336,15 @@ async fn client_read(c: &Client, vid: u32, off: u64, len: usize) -> Vec<u8> {
 
 /// Writes whole-object-aligned data through the client (create + inode update).
 async fn client_write_object(c: &Client, vid: u32, idx: u32, off_in_obj: u32, data: &[u8]) {
-    c.write_obj(
-        oid::vid_to_data_oid(vid, idx),
-        0,
-        off_in_obj,
-        Bytes::copy_from_slice(data),
-        0,
-        true,
-        0,
-    )
-    .await
-    .expect("create object");
-    c.write_obj(
-        oid::vid_to_vdi_oid(vid),
-        0,
-        inode::data_vdi_id_offset(idx) as u32,
-        Bytes::copy_from_slice(&vid.to_le_bytes()),
-        0,
-        false,
-        0,
-    )
-    .await
-    .expect("update inode");
+    let doid = oid::vid_to_data_oid(vid, idx);
+    c.write_obj(ObjWrite::new(doid, off_in_obj, data.to_vec()).creating(0))
+        .await
+        .expect("create object");
+    let entry = inode::data_vdi_id_offset(idx) as u32;
+    let map = vid.to_le_bytes().to_vec();
+    c.write_obj(ObjWrite::new(oid::vid_to_vdi_oid(vid), entry, map))
+        .await
+        .expect("update inode");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,6 +5,7 @@
 
 use super::dogmap::InodeMap;
 use super::error::Step;
+use super::ops::ObjWrite;
 use super::pool::Client;
 use super::request::Request;
 use super::vdi::{check_name, check_size, SnapSel};
@@ -62,6 +63,11 @@ pub struct DeleteOptions {
     pub dog_hyper_walk: bool,
 }
 
+/// A VDI's `(copies, copy_policy)`, which its objects are written with.
+fn redundancy(h: &InodeHeader) -> (u8, u8) {
+    (h.nr_copies, h.copy_policy)
+}
+
 fn at(step: Step, oid: u64) -> impl FnOnce(Error) -> Error {
     move |e| Error::At {
         step,
@@ -71,21 +77,11 @@ fn at(step: Step, oid: u64) -> impl FnOnce(Error) -> Error {
 }
 
 impl Client {
-    /// One object write as dog's `dog_write_object` sends it.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn write_object_dog(
-        &self,
-        oid: u64,
-        offset: u64,
-        data: Bytes,
-        copies: u8,
-        copy_policy: u8,
-        create: bool,
-        direct: bool,
-    ) -> Result<()> {
+    /// One object write as dog's `dog_write_object` sends it: no COW,
+    /// `(copies, copy_policy)`, DIRECT when `direct`.
+    async fn write_object_dog(&self, w: ObjWrite, copies: (u8, u8), direct: bool) -> Result<()> {
         let fl = if direct { flags::CMD_DIRECT } else { 0 };
-        let policy = (copies, copy_policy);
-        self.write_obj_with(oid, 0, offset as u32, data, fl, create, policy)
+        self.write_obj(w.with_flags(fl).with_copies(copies.0, copies.1))
             .await
     }
 
@@ -208,16 +204,21 @@ impl Client {
         (copies, policy): (u8, u8),
     ) -> Result<()> {
         let doid = oid::vid_to_data_oid(vid, idx);
-        self.write_object_dog(doid, 0, data, copies, policy, true, true)
+        let w = ObjWrite::new(doid, 0, data).creating(0);
+        self.write_object_dog(w, (copies, policy), true)
             .await
             .map_err(at(Step::WriteData, doid))?;
         self.load_leaf(m, idx).await?;
         let writes = m.set(idx, vid);
-        let (nc, cp) = (m.header.nr_copies, m.header.copy_policy);
-        for w in writes {
-            self.write_object_dog(w.oid, w.offset, w.data.into(), nc, cp, w.create, false)
+        let copies = redundancy(&m.header);
+        for n in writes {
+            let mut w = ObjWrite::new(n.oid, n.offset as u32, n.data);
+            if n.create {
+                w = w.creating(0);
+            }
+            self.write_object_dog(w, copies, false)
                 .await
-                .map_err(at(Step::WriteInode, w.oid))?;
+                .map_err(at(Step::WriteInode, n.oid))?;
         }
         self.write_vid(m, idx, vid).await
     }
@@ -239,9 +240,9 @@ impl Client {
     async fn write_vid(&self, m: &InodeMap, idx: u32, vid: u32) -> Result<()> {
         let h = &m.header;
         let ioid = oid::vid_to_vdi_oid(vid);
-        let (nc, cp) = (h.nr_copies, h.copy_policy);
         let w = |off: u64, data: Vec<u8>, direct: bool| {
-            self.write_object_dog(ioid, off, data.into(), nc, cp, false, direct)
+            let w = ObjWrite::new(ioid, off as u32, data);
+            self.write_object_dog(w, redundancy(h), direct)
         };
         let r = if !m.is_hyper() {
             w(
@@ -323,17 +324,10 @@ impl Client {
         }
         let ioid = oid::vid_to_vdi_oid(vid);
         let tag_field = crate::proto::bytes::padded(tag, 256);
-        self.write_object_dog(
-            ioid,
-            inode::TAG_OFFSET as u64,
-            tag_field.into(),
-            h.nr_copies,
-            h.copy_policy,
-            false,
-            false,
-        )
-        .await
-        .map_err(at(Step::WriteInode, ioid))?;
+        let w = ObjWrite::new(ioid, inode::TAG_OFFSET as u32, tag_field);
+        self.write_object_dog(w, redundancy(&h), false)
+            .await
+            .map_err(at(Step::WriteInode, ioid))?;
         let args = VdiArgs {
             vdi_size: h.vdi_size,
             base_vdi_id: vid,
@@ -487,17 +481,10 @@ impl Client {
                 }
             }
             let (from, to) = (map_off(start), map_off(i));
-            self.write_object_dog(
-                ioid,
-                from as u64,
-                Bytes::copy_from_slice(&b[from..to]),
-                h.nr_copies,
-                h.copy_policy,
-                false,
-                true,
-            )
-            .await
-            .map_err(at(Step::WriteInode, ioid))?;
+            let w = ObjWrite::new(ioid, from as u32, b[from..to].to_vec());
+            self.write_object_dog(w, redundancy(&h), true)
+                .await
+                .map_err(at(Step::WriteInode, ioid))?;
             if i < nr_objs && !opts.interval.is_zero() {
                 tokio::time::sleep(opts.interval).await;
             }
@@ -512,27 +499,53 @@ impl Client {
     /// Grows a working VDI (shrinking is refused, as dog does).
     pub async fn resize_vdi(&self, name: &str, new_size: u64) -> Result<()> {
         let vid = self.lookup_step(name, &SnapSel::Working).await?;
+        self.resize_inode(vid, new_size, false).await.map(|_| ())
+    }
+
+    /// Sets the size of VDI `vid` as dog's `vdi resize` does: reads the
+    /// inode header, refuses a shrink or a size the inode cannot map, writes
+    /// the header back (both DIRECT). With `unless_snapshot`, a VDI that is
+    /// a snapshot is left as it is, and so is one that became a snapshot
+    /// while its header was written (the old size is put back): Ok(false),
+    /// so the caller can follow the working VDI and retry.
+    pub(crate) async fn resize_inode(
+        &self,
+        vid: u32,
+        new_size: u64,
+        unless_snapshot: bool,
+    ) -> Result<bool> {
         let b = self
             .read_inode_step(vid, SD_INODE_HEADER_SIZE, true)
             .await?;
         let mut h = self.header_of(vid, &b)?;
+        if unless_snapshot && h.snap_ctime != 0 {
+            return Ok(false);
+        }
         // Before the size rules, so that 0 is a shrink as with dog.
         if new_size < h.vdi_size {
             return Err(Error::Invalid("Shrinking VDIs is not implemented".into()));
         }
         check_size(new_size, h.block_size_shift, h.is_hyper())?;
-        h.vdi_size = new_size;
         let ioid = oid::vid_to_vdi_oid(vid);
-        self.write_object_dog(
-            ioid,
-            0,
-            h.encode().into(),
-            h.nr_copies,
-            h.copy_policy,
-            false,
-            true,
-        )
-        .await
-        .map_err(at(Step::WriteInode, ioid))
+        let put = |h: &InodeHeader| {
+            let w = ObjWrite::new(ioid, 0, h.encode());
+            self.write_object_dog(w, redundancy(h), true)
+        };
+        let old_size = h.vdi_size;
+        h.vdi_size = new_size;
+        put(&h).await.map_err(at(Step::WriteInode, ioid))?;
+        if !unless_snapshot {
+            return Ok(true);
+        }
+        let b = self
+            .read_inode_step(vid, SD_INODE_HEADER_SIZE, true)
+            .await?;
+        if self.header_of(vid, &b)?.snap_ctime == 0 {
+            return Ok(true);
+        }
+        // Snapshotted under us: the snapshot keeps the size it had.
+        h.vdi_size = old_size;
+        put(&h).await.map_err(at(Step::WriteInode, ioid))?;
+        Ok(false)
     }
 }

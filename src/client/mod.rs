@@ -46,6 +46,7 @@ pub use cache::ObjectCache;
 pub use error::{Error, Result, Step};
 pub use list::{ScanError, ScanItem, ScanOptions, ScanStage, ScannedVdi};
 pub use map::{DataMap, FlatMap, Inode};
+pub use ops::{AttrRequest, ObjWrite};
 pub use pool::{Client, Options};
 pub use request::{Request, Response};
 pub use transport::ByteStream;

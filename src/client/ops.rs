@@ -20,6 +20,87 @@ use crate::proto::{
 };
 use bytes::Bytes;
 
+/// One object write ([`Client::write_obj`]): WRITE_OBJ, or
+/// CREATE_AND_WRITE_OBJ with [`ObjWrite::creating`].
+#[derive(Debug, Clone, Default)]
+pub struct ObjWrite {
+    /// The object written.
+    pub oid: u64,
+    /// Byte offset in the object.
+    pub offset: u32,
+    /// The bytes written.
+    pub data: Bytes,
+    /// Create the object (CREATE_AND_WRITE_OBJ) instead of writing into it.
+    pub create: bool,
+    /// With `create`: the object the new one starts as a copy of (copy on
+    /// write, CMD_COW); 0: it starts as zeros.
+    pub cow_oid: u64,
+    /// Request flags (CMD_DIRECT, CMD_CACHE); CMD_WRITE, and CMD_COW with
+    /// a `cow_oid`, are added.
+    pub flags: u16,
+    /// Copies of the object (its VDI's; 0: the cluster default).
+    pub copies: u8,
+    /// Erasure-coding policy of the object (its VDI's; 0: replication).
+    pub copy_policy: u8,
+}
+
+impl ObjWrite {
+    /// A WRITE_OBJ of `data` at `offset` in `oid`.
+    pub fn new(oid: u64, offset: u32, data: impl Into<Bytes>) -> ObjWrite {
+        ObjWrite {
+            oid,
+            offset,
+            data: data.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Makes it a CREATE_AND_WRITE_OBJ, copying on write from `cow_oid`
+    /// if it is not 0.
+    pub fn creating(mut self, cow_oid: u64) -> ObjWrite {
+        self.create = true;
+        self.cow_oid = cow_oid;
+        self
+    }
+
+    /// Adds request flags (CMD_DIRECT, CMD_CACHE).
+    pub fn with_flags(mut self, flags: u16) -> ObjWrite {
+        self.flags |= flags;
+        self
+    }
+
+    /// The redundancy of the object's VDI.
+    pub fn with_copies(mut self, copies: u8, copy_policy: u8) -> ObjWrite {
+        self.copies = copies;
+        self.copy_policy = copy_policy;
+        self
+    }
+}
+
+/// A GET_VDI_ATTR request ([`Client::vdi_attr`]), field for field as
+/// dog's `vdi setattr` and `vdi getattr` send it.
+#[derive(Debug, Clone, Default)]
+pub struct AttrRequest {
+    /// The VDI's name.
+    pub vdi: String,
+    /// Snapshot tag (dog's `-s TAG`); empty for none.
+    pub tag: String,
+    /// Snapshot id (dog's `-s ID`); 0 for none.
+    pub snapid: u32,
+    /// The attribute's key.
+    pub key: String,
+    /// The value stored by a create (at most
+    /// [`SD_MAX_VDI_ATTR_VALUE_LEN`](crate::proto::SD_MAX_VDI_ATTR_VALUE_LEN)
+    /// bytes are sent).
+    pub value: Vec<u8>,
+    /// Create the attribute, or overwrite it (CMD_CREAT).
+    pub create: bool,
+    /// Fail with VDI_EXIST if the attribute exists (CMD_EXCL).
+    pub excl: bool,
+    /// Delete the attribute (CMD_DEL).
+    pub delete: bool,
+}
+
 /// name[256] + tag[256], the lookup payload.
 fn name_tag_payload(name: &str, tag: &str) -> Vec<u8> {
     let mut v = padded(name, SD_MAX_VDI_LEN);
@@ -62,57 +143,31 @@ impl Client {
         Ok(rsp.data)
     }
 
-    /// WRITE_OBJ, or CREATE_AND_WRITE_OBJ when `create` (with COW from `cow_oid` if non-zero).
-    #[allow(clippy::too_many_arguments)]
-    pub async fn write_obj(
-        &self,
-        oid: u64,
-        cow_oid: u64,
-        offset: u32,
-        data: Bytes,
-        fl: u16,
-        create: bool,
-        copies: u8,
-    ) -> Result<()> {
-        self.write_obj_with(oid, cow_oid, offset, data, fl, create, (copies, 0))
-            .await
-    }
-
-    /// [`Client::write_obj`] with an erasure-coding `copy_policy` beside the copies.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn write_obj_with(
-        &self,
-        oid: u64,
-        cow_oid: u64,
-        offset: u32,
-        data: Bytes,
-        fl: u16,
-        create: bool,
-        (copies, copy_policy): (u8, u8),
-    ) -> Result<()> {
-        let opcode = if create {
+    /// WRITE_OBJ, or CREATE_AND_WRITE_OBJ (see [`ObjWrite`]).
+    pub async fn write_obj(&self, w: ObjWrite) -> Result<()> {
+        let opcode = if w.create {
             op::CREATE_AND_WRITE_OBJ
         } else {
             op::WRITE_OBJ
         };
         let mut h = ReqHeader::for_op(opcode);
-        h.flags = fl | flags::CMD_WRITE;
-        if cow_oid != 0 {
+        h.flags = w.flags | flags::CMD_WRITE;
+        if w.cow_oid != 0 {
             h.flags |= flags::CMD_COW;
         }
-        h.data_length = data.len() as u32;
+        h.data_length = w.data.len() as u32;
         h.args = ObjArgs {
-            oid,
-            cow_oid,
-            copies,
-            copy_policy,
-            offset,
+            oid: w.oid,
+            cow_oid: w.cow_oid,
+            copies: w.copies,
+            copy_policy: w.copy_policy,
+            offset: w.offset,
             ..Default::default()
         }
         .encode();
         self.call(Request {
             hdr: h,
-            payload: data,
+            payload: w.data,
             idempotent: true,
         })
         .await?;
@@ -270,6 +325,12 @@ impl Client {
 
     /// GET_STORE_LIST: the backend store names the server supports.
     pub async fn store_list(&self) -> Result<Vec<String>> {
+        let list = self.store_list_text().await?;
+        Ok(list.split_whitespace().map(str::to_string).collect())
+    }
+
+    /// GET_STORE_LIST as sheep words it (names each followed by a space).
+    pub async fn store_list_text(&self) -> Result<String> {
         let mut h = ReqHeader::for_op(op::GET_STORE_LIST);
         h.data_length = 512;
         let rsp = self.call(Request::new(h)).await?;
@@ -278,10 +339,7 @@ impl Client {
             .iter()
             .position(|&b| b == 0)
             .unwrap_or(rsp.data.len());
-        Ok(String::from_utf8_lossy(&rsp.data[..end])
-            .split_whitespace()
-            .map(str::to_string)
-            .collect())
+        Ok(String::from_utf8_lossy(&rsp.data[..end]).into_owned())
     }
 
     pub async fn shutdown(&self) -> Result<()> {
@@ -542,7 +600,11 @@ impl Client {
         for (oids, create) in [(&up.created, true), (&up.modified, false)] {
             for &leaf in oids {
                 if let Some(node) = t.encode_leaf_node(leaf) {
-                    self.write_obj(leaf, 0, 0, node.into(), fl, create, h.nr_copies)
+                    let mut w = ObjWrite::new(leaf, 0, node).with_flags(fl);
+                    if create {
+                        w = w.creating(0);
+                    }
+                    self.write_obj(w.with_copies(h.nr_copies, h.copy_policy))
                         .await?;
                 }
             }
@@ -551,23 +613,64 @@ impl Client {
             let mut b = h.encode();
             b.extend_from_slice(&t.encode_root());
             let ioid = oid::vid_to_vdi_oid(h.vdi_id);
-            self.write_obj(ioid, 0, 0, b.into(), fl, false, h.nr_copies)
-                .await?;
-            self.write_obj(
-                ioid,
-                0,
-                inode::BTREE_COUNTER_OFFSET as u32,
-                Bytes::copy_from_slice(&h.btree_counter.to_le_bytes()),
-                fl,
-                false,
-                h.nr_copies,
-            )
-            .await?;
+            let counter = h.btree_counter.to_le_bytes().to_vec();
+            let off = inode::BTREE_COUNTER_OFFSET as u32;
+            for (off, data) in [(0, b), (off, counter)] {
+                let w = ObjWrite::new(ioid, off, data).with_flags(fl);
+                self.write_obj(w.with_copies(h.nr_copies, h.copy_policy))
+                    .await?;
+            }
         }
         Ok(())
     }
 
-    /// GET_VDI_ATTR: create/overwrite (`excl` fails if present), or delete.
+    /// GET_VDI_ATTR as dog sends it: looks up the attribute (and, as
+    /// `req` says, creates, overwrites or deletes it); returns the oid of
+    /// the object holding it. A missing attribute is [`SdRes::NO_OBJ`], a
+    /// missing VDI [`SdRes::NO_VDI`], an existing one with `excl`
+    /// [`SdRes::VDI_EXIST`].
+    pub async fn vdi_attr(&self, req: &AttrRequest) -> Result<u64> {
+        for (what, s) in [("VDI name", &req.vdi), ("tag", &req.tag), ("key", &req.key)] {
+            if s.len() >= SD_MAX_VDI_LEN {
+                return Err(Error::Invalid(format!(
+                    "attribute {what} of {} bytes is too long (at most {})",
+                    s.len(),
+                    SD_MAX_VDI_LEN - 1
+                )));
+            }
+        }
+        let attr = VdiAttr {
+            name: req.vdi.clone(),
+            tag: req.tag.clone(),
+            snap_id: req.snapid,
+            key: req.key.clone(),
+            value: req.value.clone(),
+            ..Default::default()
+        };
+        let mut h = ReqHeader::for_op(op::GET_VDI_ATTR);
+        h.args = VdiArgs {
+            snapid: req.snapid,
+            ..Default::default()
+        }
+        .encode();
+        for (on, f) in [
+            (req.create, flags::CMD_CREAT),
+            (req.excl, flags::CMD_EXCL),
+            (req.delete, flags::CMD_DEL),
+        ] {
+            if on {
+                h.flags |= f;
+            }
+        }
+        let mut r = Request::new(h).with_payload(attr.encode());
+        if req.create || req.delete {
+            r = r.not_idempotent();
+        }
+        let rsp = self.call(r).await?;
+        let r = VdiRsp::decode(&rsp.hdr.args);
+        Ok(oid::vid_to_attr_oid(r.vdi_id, r.attr_id))
+    }
+
     pub async fn set_attr(
         &self,
         name: &str,
@@ -577,45 +680,28 @@ impl Client {
         delete: bool,
     ) -> Result<()> {
         check_name(name)?;
-        let attr = VdiAttr {
-            name: name.into(),
+        let req = AttrRequest {
+            vdi: name.into(),
             key: key.into(),
             value: value.to_vec(),
+            create: !delete,
+            excl: excl && !delete,
+            delete,
             ..Default::default()
         };
-        let mut h = ReqHeader::for_op(op::GET_VDI_ATTR);
-        h.flags = flags::CMD_CREAT;
-        if excl {
-            h.flags |= flags::CMD_EXCL;
-        }
-        if delete {
-            h.flags = flags::CMD_DEL;
-        }
-        self.call(Request::new(h).with_payload(attr.encode()).not_idempotent())
-            .await
-            .map(|_| ())
+        self.vdi_attr(&req).await.map(|_| ())
     }
 
-    /// Looks up an attribute and reads its value.
     pub async fn get_attr(&self, name: &str, key: &str) -> Result<Vec<u8>> {
         check_name(name)?;
-        let attr = VdiAttr {
-            name: name.into(),
+        let req = AttrRequest {
+            vdi: name.into(),
             key: key.into(),
             ..Default::default()
         };
-        let h = ReqHeader::for_op(op::GET_VDI_ATTR);
-        let rsp = self
-            .call(Request::new(h).with_payload(attr.encode()))
-            .await?;
-        let r = VdiRsp::decode(&rsp.hdr.args);
+        let aoid = self.vdi_attr(&req).await?;
         let b = self
-            .read_obj(
-                oid::vid_to_attr_oid(r.vdi_id, r.attr_id),
-                0,
-                SD_ATTR_OBJ_SIZE as u32,
-                flags::CMD_DIRECT,
-            )
+            .read_obj(aoid, 0, SD_ATTR_OBJ_SIZE as u32, flags::CMD_DIRECT)
             .await?;
         Ok(VdiAttr::decode(&b).map(|a| a.value).unwrap_or_default())
     }

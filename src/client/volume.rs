@@ -13,6 +13,7 @@
 
 use super::lock::{KeyedLocks, RangeLock};
 use super::map::{DataMap, Inode};
+use super::ops::ObjWrite;
 use super::vdi::SnapSel;
 use super::{Client, Error, ObjectCache, Result};
 use crate::proto::inode::{self, InodeHeader};
@@ -515,9 +516,12 @@ impl Volume {
         if fl & flags::CMD_CACHE != 0 {
             self.dirty_vids.lock().insert(oid::oid_to_vid(doid));
         }
-        self.client
-            .write_obj(doid, cow, off as u32, data, fl, create, copies)
-            .await
+        let mut w = ObjWrite::new(doid, off as u32, data).with_flags(fl);
+        if create {
+            w = w.creating(cow);
+        }
+        let policy = self.state.read().header.copy_policy;
+        self.client.write_obj(w.with_copies(copies, policy)).await
     }
 
     /// Records `data_vdi_id[idx] = vid` (the owner of the object we just
@@ -576,21 +580,15 @@ impl Volume {
         loop {
             let (own, gen, copies) = {
                 let s = self.state.read();
-                (s.header.vdi_id, s.generation, s.header.nr_copies)
+                let h = &s.header;
+                (h.vdi_id, s.generation, (h.nr_copies, h.copy_policy))
             };
             let i = idx32(own, idx)?;
             let ioid = oid::vid_to_vdi_oid(own);
             let off = inode::data_vdi_id_offset(i) as u32;
             let put = |v: u32| {
-                self.client.write_obj(
-                    ioid,
-                    0,
-                    off,
-                    Bytes::copy_from_slice(&v.to_le_bytes()),
-                    0,
-                    false,
-                    copies,
-                )
+                let w = ObjWrite::new(ioid, off, v.to_le_bytes().to_vec());
+                self.client.write_obj(w.with_copies(copies.0, copies.1))
             };
             put(value).await?;
             let snap_ctime = if self.dog_requests {
@@ -791,30 +789,7 @@ impl Volume {
                 self.name, h.vdi_size, new_size
             )));
         }
-        super::vdi::check_size(new_size, h.block_size_shift, h.is_hyper())?;
-        // Keep whatever else is in the header on the server.
-        let mut fresh = self.client.read_inode_header(h.vdi_id).await?;
-        if fresh.snap_ctime != 0 {
-            return Ok(false);
-        }
-        let put = |header: InodeHeader| {
-            self.client.write_obj(
-                oid::vid_to_vdi_oid(h.vdi_id),
-                0,
-                0,
-                header.encode().into(),
-                flags::CMD_DIRECT,
-                false,
-                h.nr_copies,
-            )
-        };
-        let old_size = fresh.vdi_size;
-        fresh.vdi_size = new_size;
-        put(fresh.clone()).await?;
-        if self.client.read_inode_header(h.vdi_id).await?.snap_ctime != 0 {
-            // Snapshotted under us: the snapshot keeps the size it had.
-            fresh.vdi_size = old_size;
-            put(fresh).await?;
+        if !self.client.resize_inode(h.vdi_id, new_size, true).await? {
             return Ok(false);
         }
         h.vdi_size = new_size;

@@ -1,20 +1,20 @@
 //! The commands, each following its dog counterpart step by step.
 
-use super::dog::{cname, report_transport, report_vdi_read_failure, snap_sel, Ctx};
+use super::dog::{report_read_error, report_transport, report_vdi_read_failure, snap_sel, Ctx};
 use super::progress::{Progress, Shared};
 use super::{
     errln, option_parse_size, out, Cmd, Exit, Invocation, Sub, EXIT_EXISTS, EXIT_FAILURE,
     EXIT_MISSING, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, R, VDI_LOCK_CMDS,
 };
-use crate::client::{CreateOptions, DeleteOptions, Error, Inode, OpenOptions, Step, Volume};
+use crate::client::{
+    AttrRequest, CreateOptions, DeleteOptions, Error, Inode, OpenOptions, Step, Volume,
+};
 use crate::dogfmt::{self, ClusterInfoOpts, ClusterStatus, NodeSpace, Tz};
 use crate::proto::attr::SD_ATTR_OBJ_SIZE;
-use crate::proto::bytes::{get_u16, get_u32, put_u32};
-use crate::proto::header::{ClusterArgs, NodeRsp, VdiArgs, VdiRsp};
-use crate::proto::node::{lock_state, EpochLog, VdiState, CLUSTER_INFO_SIZE, VDI_STATE_SIZE};
+use crate::proto::bytes::get_u32;
+use crate::proto::node::{lock_state, VdiState};
 use crate::proto::{
-    cluster_flags, flags, oid, op, ReqHeader, SdRes, SD_MAX_NODES, SD_MAX_VDI_ATTR_VALUE_LEN,
-    SD_MAX_VDI_SIZE, VDI_BITMAP_SIZE,
+    cluster_flags, flags, oid, SdRes, SD_MAX_NODES, SD_MAX_VDI_ATTR_VALUE_LEN, SD_MAX_VDI_SIZE,
 };
 use std::io::{Read, Write};
 
@@ -93,51 +93,36 @@ fn confirm(msg: &str) -> R<()> {
     }
 }
 
-/// `send_light_req`: a header-only request whose failure prints dog's line.
-async fn send_light_req(
-    ctx: &Ctx,
-    c: &crate::client::Client,
-    opcode: u8,
-) -> Option<crate::client::Response> {
-    let rsp = ctx.exec_on(c, ReqHeader::for_op(opcode), None).await?;
-    if rsp.result() != SdRes::SUCCESS {
-        errln(&format!("Response's result: {}", rsp.result().message()));
-        return None;
+/// `send_light_req`'s message for a request sheep refused or that could
+/// not be exchanged.
+fn report_light_req(e: &Error) {
+    match e.result() {
+        Some(r) => errln(&format!("Response's result: {}", r.message())),
+        None => report_transport(e),
     }
-    Some(rsp)
 }
 
 // ------------------------------------------------------------------ cluster
 
 async fn cluster_info(ctx: &Ctx, inv: &Invocation) -> R<i32> {
-    let stride = |n: u32| 48u32.wrapping_add(n.wrapping_mul(80));
     let mut nodes_nr = ctx.nodes.len() as u32;
-    let rsp = loop {
-        let mut h = ReqHeader::for_op(op::STAT_CLUSTER);
-        h.data_length = ctx.epoch.wrapping_mul(stride(nodes_nr));
-        h.args = ClusterArgs {
-            nodes_nr,
-            ..Default::default()
-        }
-        .encode();
-        let Some(rsp) = ctx.exec(h, None).await else {
-            return Ok(EXIT_SYSFAIL);
+    let (result, logs) = loop {
+        let (res, _, logs) = match ctx.client.stat_cluster(nodes_nr, ctx.epoch).await {
+            Ok(r) => r,
+            Err(e) => {
+                sd_result(&e);
+                return Ok(EXIT_SYSFAIL);
+            }
         };
-        if rsp.result() == SdRes::BUFFER_SMALL && nodes_nr < 2 * SD_MAX_NODES as u32 {
+        if res == SdRes::BUFFER_SMALL && nodes_nr < 2 * SD_MAX_NODES as u32 {
             nodes_nr = nodes_nr.max(1) * 2;
             continue;
         }
-        break rsp;
+        break (res, logs);
     };
-    let st = stride(nodes_nr) as usize;
-    let nr_logs = rsp.hdr.data_length as usize / st;
-    let logs: Vec<EpochLog> = (0..nr_logs)
-        .filter_map(|i| rsp.data.get(i * st..(i + 1) * st))
-        .filter_map(|c| EpochLog::decode(c, nodes_nr as usize))
-        .collect();
     let status = ClusterStatus {
-        result: rsp.result(),
-        has_data: rsp.hdr.data_length > 0,
+        result,
+        has_data: !logs.is_empty(),
         logs,
     };
     out(&dogfmt::render_cluster_info(
@@ -158,18 +143,20 @@ async fn cluster_format(ctx: &mut Ctx, inv: &Invocation) -> R<i32> {
     let d = &inv.data;
     for n in ctx.nodes.clone() {
         let c = ctx.node_client(&n);
-        let mut h = ReqHeader::for_op(op::CLUSTER_INFO);
-        h.data_length = CLUSTER_INFO_SIZE as u32;
-        let Some(mut rsp) = ctx.exec_on(&c, h, None).await else {
-            errln("Fail to execute request");
-            return Ok(EXIT_FAILURE);
+        let info = match c.cluster_info().await {
+            Ok(i) => i,
+            Err(e) => {
+                match e.result() {
+                    Some(r) => errln(&r.message()),
+                    None => {
+                        report_transport(&e);
+                        errln("Fail to execute request");
+                    }
+                }
+                return Ok(EXIT_FAILURE);
+            }
         };
-        if rsp.result() != SdRes::SUCCESS {
-            errln(&rsp.result().message());
-            return Ok(EXIT_FAILURE);
-        }
-        rsp.data.resize(CLUSTER_INFO_SIZE, 0);
-        let cflags = get_u16(&rsp.data, 16);
+        let cflags = info.flags;
         if n.nr_vnodes != 0 {
             let auto = cflags & cluster_flags::AUTO_VNODES != 0;
             if auto && d.fixed_vnodes {
@@ -187,16 +174,22 @@ async fn cluster_format(ctx: &mut Ctx, inv: &Invocation) -> R<i32> {
             d.copies, ctx.zones
         ))?;
     }
-    let mut h = ReqHeader::for_op(op::READ_VDIS);
-    h.data_length = VDI_BITMAP_SIZE as u32;
-    let Some(rsp) = ctx.exec(h, None).await else {
-        return Ok(EXIT_SYSFAIL);
+    let inuse = match ctx.client.vdi_bitmap(false).await {
+        Ok(b) => b,
+        Err(e) => {
+            return Ok(match e.result() {
+                Some(r) => {
+                    errln(&r.message());
+                    EXIT_FAILURE
+                }
+                None => {
+                    report_transport(&e);
+                    EXIT_SYSFAIL
+                }
+            })
+        }
     };
-    if rsp.result() != SdRes::SUCCESS {
-        errln(&rsp.result().message());
-        return Ok(EXIT_FAILURE);
-    }
-    if rsp.data.iter().any(|&b| b != 0) && !d.force {
+    if inuse.as_bytes().iter().any(|&b| b != 0) && !d.force {
         confirm(FORMAT_PRINT)?;
     }
     let store = if d.store.is_empty() {
@@ -220,59 +213,54 @@ async fn cluster_format(ctx: &mut Ctx, inv: &Invocation) -> R<i32> {
     if d.avoid_diskfull {
         cf |= cluster_flags::AVOID_DISKFULL;
     }
-    let mut h = ReqHeader::for_op(op::MAKE_FS);
-    h.args = ClusterArgs {
-        ctime: crate::proto::sd_time_now(),
-        copies: d.copies,
-        copy_policy: d.copy_policy,
-        flags: cf,
-        block_size_shift: d.block_size_shift,
-        ..Default::default()
-    }
-    .encode();
-    let mut payload = store.as_bytes().to_vec();
-    payload.push(0);
     out(&format!("using backend {store} store\n"));
-    let Some(rsp) = ctx.exec(h, Some(payload)).await else {
-        return Ok(EXIT_SYSFAIL);
-    };
-    if rsp.result() != SdRes::SUCCESS {
-        errln(&format!("Format failed: {}", rsp.result().message()));
-        if rsp.result() == SdRes::NO_STORE {
-            return Ok(list_store(ctx).await);
+    let r = ctx
+        .client
+        .make_fs(d.copies, d.copy_policy, cf, d.block_size_shift, store)
+        .await;
+    match r.as_ref().map_err(Error::result) {
+        Ok(()) => Ok(EXIT_SUCCESS),
+        Err(Some(res)) => {
+            errln(&format!("Format failed: {}", res.message()));
+            if res == SdRes::NO_STORE {
+                return Ok(list_store(ctx).await);
+            }
+            Ok(EXIT_SYSFAIL)
         }
-        return Ok(EXIT_SYSFAIL);
+        Err(None) => {
+            if let Err(e) = &r {
+                report_transport(e);
+            }
+            Ok(EXIT_SYSFAIL)
+        }
     }
-    Ok(EXIT_SUCCESS)
 }
 
 async fn list_store(ctx: &Ctx) -> i32 {
-    let mut h = ReqHeader::for_op(op::GET_STORE_LIST);
-    h.data_length = 512;
-    let Some(rsp) = ctx.exec(h, None).await else {
-        return EXIT_SYSFAIL;
+    let list = match ctx.client.store_list_text().await {
+        Ok(l) => l,
+        Err(e) => {
+            return match e.result() {
+                Some(r) => {
+                    errln(&format!("Restore failed: {}", r.message()));
+                    EXIT_FAILURE
+                }
+                None => {
+                    report_transport(&e);
+                    EXIT_SYSFAIL
+                }
+            }
+        }
     };
-    if rsp.result() != SdRes::SUCCESS {
-        errln(&format!("Restore failed: {}", rsp.result().message()));
-        return EXIT_FAILURE;
-    }
-    let end = rsp
-        .data
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(rsp.data.len());
     out(&format!(
-        "Available stores:\n---------------------------------------\n{}\n",
-        String::from_utf8_lossy(&rsp.data[..end])
+        "Available stores:\n---------------------------------------\n{list}\n"
     ));
     EXIT_SYSFAIL
 }
 
 async fn cluster_shutdown(ctx: &Ctx) -> R<i32> {
-    if send_light_req(ctx, &ctx.client, op::SHUTDOWN)
-        .await
-        .is_none()
-    {
+    if let Err(e) = ctx.client.shutdown().await {
+        report_light_req(&e);
         errln("failed to execute request");
         return Ok(EXIT_FAILURE);
     }
@@ -288,30 +276,21 @@ async fn node_info(ctx: &mut Ctx) -> R<i32> {
     let (mut total_size, mut total_avail, mut success) = (0u64, 0u64, 0usize);
     for n in ctx.nodes.clone() {
         let c = ctx.node_client(&n);
-        let rsp = ctx
-            .exec_on(&c, ReqHeader::for_op(op::STAT_SHEEP), None)
-            .await;
-        let nr = rsp
-            .as_ref()
-            .map(|r| NodeRsp::decode(&r.hdr.args))
-            .unwrap_or_default();
-        match &rsp {
-            Some(r) if r.result() == SdRes::SUCCESS => {
-                out(&dogfmt::node_info_row(
-                    success,
-                    NodeSpace {
-                        size: nr.store_size,
-                        free: nr.store_free,
-                    },
-                    ctx.raw,
-                ));
+        let (size, free) = match c.stat_sheep().await {
+            Ok(space) => {
+                let (size, free) = space;
+                let row = NodeSpace { size, free };
+                out(&dogfmt::node_info_row(success, row, ctx.raw));
                 success += 1;
+                space
             }
-            Some(r) => errln(&format!("Response's result: {}", r.result().message())),
-            None => {}
-        }
-        total_size = total_size.wrapping_add(nr.store_size);
-        total_avail = total_avail.wrapping_add(nr.store_free);
+            Err(e) => {
+                report_light_req(&e);
+                (0, 0)
+            }
+        };
+        total_size = total_size.wrapping_add(size);
+        total_avail = total_avail.wrapping_add(free);
     }
     if success == 0 {
         errln("Cannot get information from any nodes");
@@ -966,51 +945,19 @@ fn stdin_at_eof() -> bool {
 // ------------------------------------------------------------------ attributes
 
 /// `find_vdi_attr_oid`: GET_VDI_ATTR; Ok(attr oid) or the result.
-#[allow(clippy::too_many_arguments)]
-async fn find_vdi_attr_oid(
-    ctx: &Ctx,
-    inv: &Invocation,
-    name: &str,
-    key: &str,
-    value: &[u8],
-    create: bool,
-    excl: bool,
-    delete: bool,
-) -> Result<u64, SdRes> {
-    let d = &inv.data;
-    let mut a = vec![0u8; SD_ATTR_OBJ_SIZE];
-    a[0..256].copy_from_slice(&cname(name, 256));
-    a[256..512].copy_from_slice(&cname(&d.snapshot_tag, 256));
-    put_u32(&mut a, 520, d.snapshot_id);
-    a[528..784].copy_from_slice(&cname(key, 256));
-    if !value.is_empty() {
-        let n = value.len().min(SD_MAX_VDI_ATTR_VALUE_LEN);
-        put_u32(&mut a, 524, n as u32);
-        a[784..784 + n].copy_from_slice(&value[..n]);
-    }
-    let mut h = ReqHeader::for_op(op::GET_VDI_ATTR);
-    h.args = VdiArgs {
-        snapid: d.snapshot_id,
+async fn find_vdi_attr_oid(ctx: &Ctx, req: AttrRequest) -> Result<u64, SdRes> {
+    ctx.client.vdi_attr(&req).await.map_err(|e| sd_result(&e))
+}
+
+/// The attribute `key` of `name` and the snapshot of dog's `-s`.
+fn attr_request(inv: &Invocation, name: &str, key: &str) -> AttrRequest {
+    AttrRequest {
+        vdi: name.into(),
+        tag: inv.data.snapshot_tag.clone(),
+        snapid: inv.data.snapshot_id,
+        key: key.into(),
         ..Default::default()
     }
-    .encode();
-    if create {
-        h.flags |= flags::CMD_CREAT;
-    }
-    if excl {
-        h.flags |= flags::CMD_EXCL;
-    }
-    if delete {
-        h.flags |= flags::CMD_DEL;
-    }
-    let Some(rsp) = ctx.exec(h, Some(a)).await else {
-        return Err(SdRes::EIO);
-    };
-    if rsp.result() != SdRes::SUCCESS {
-        return Err(rsp.result());
-    }
-    let r = VdiRsp::decode(&rsp.hdr.args);
-    Ok(oid::vid_to_attr_oid(r.vdi_id, r.attr_id))
 }
 
 async fn vdi_setattr(ctx: &Ctx, inv: &Invocation) -> R<i32> {
@@ -1043,18 +990,14 @@ async fn vdi_setattr(ctx: &Ctx, inv: &Invocation) -> R<i32> {
             v[..end].to_vec()
         })
         .unwrap_or_default();
-    match find_vdi_attr_oid(
-        ctx,
-        inv,
-        name,
-        key,
-        &value,
-        !d.delete,
-        d.exclusive,
-        d.delete,
-    )
-    .await
-    {
+    let req = AttrRequest {
+        value,
+        create: !d.delete,
+        excl: d.exclusive,
+        delete: d.delete,
+        ..attr_request(inv, name, key)
+    };
+    match find_vdi_attr_oid(ctx, req).await {
         Ok(_) => Ok(EXIT_SUCCESS),
         Err(SdRes::VDI_EXIST) => {
             errln(&format!("The attribute '{key}' already exists"));
@@ -1081,7 +1024,7 @@ async fn vdi_getattr(ctx: &Ctx, inv: &Invocation) -> R<i32> {
         errln("Please specify the attribute key");
         return Ok(EXIT_USAGE);
     };
-    let aoid = match find_vdi_attr_oid(ctx, inv, name, key, &[], false, false, false).await {
+    let aoid = match find_vdi_attr_oid(ctx, attr_request(inv, name, key)).await {
         Ok(o) => o,
         Err(SdRes::NO_OBJ) => {
             errln(&format!("Attribute '{key}' not found"));
@@ -1096,10 +1039,10 @@ async fn vdi_getattr(ctx: &Ctx, inv: &Invocation) -> R<i32> {
             return Ok(EXIT_MISSING);
         }
     };
-    let b = match ctx
-        .read_object(aoid, SD_ATTR_OBJ_SIZE as u32, 0, true)
-        .await
-    {
+    let read = ctx
+        .client
+        .read_obj(aoid, 0, SD_ATTR_OBJ_SIZE as u32, flags::CMD_DIRECT);
+    let b = match read.await.map_err(|e| report_read_error(aoid, &e)) {
         Ok(b) => b,
         Err(r) => {
             errln(&format!("Failed to read attribute oid: {}", r.message()));
@@ -1115,20 +1058,22 @@ async fn vdi_getattr(ctx: &Ctx, inv: &Invocation) -> R<i32> {
 
 // ------------------------------------------------------------------ locks
 
-/// `get_vdi_state`: one GET_VDI_COPIES of 512 states (dog ignores the result).
+/// `get_vdi_state`: GET_VDI_COPIES of 512 states, as dog asks; unlike
+/// dog, a cluster with more VDIs is asked again with a larger buffer
+/// (dog would list them without lock states).
 async fn get_vdi_state(ctx: &Ctx) -> Option<Vec<VdiState>> {
-    let mut h = ReqHeader::for_op(op::GET_VDI_COPIES);
-    h.data_length = (512 * VDI_STATE_SIZE) as u32;
-    let rsp = ctx.exec(h, None).await?;
-    let n = rsp.hdr.data_length as usize / VDI_STATE_SIZE;
-    let mut v: Vec<VdiState> = rsp
-        .data
-        .chunks_exact(VDI_STATE_SIZE)
-        .take(n)
-        .filter_map(VdiState::decode)
-        .collect();
-    v.sort_by_key(|s| s.vid);
-    Some(v)
+    match ctx.client.vdi_copies().await {
+        Ok(mut v) => {
+            v.sort_by_key(|s| s.vid);
+            Some(v)
+        }
+        Err(e) => {
+            if e.result().is_none() {
+                report_transport(&e);
+            }
+            None
+        }
+    }
 }
 
 fn describe_vdi(name: &str, snapid: u32, tag: &str, vid: u32) -> String {
@@ -1222,15 +1167,12 @@ async fn lock_unlock(ctx: &Ctx, inv: &Invocation) -> i32 {
             return EXIT_SYSFAIL;
         }
     };
-    let mut h = ReqHeader::for_op(op::RELEASE_VDI);
-    h.args = VdiArgs {
-        base_vdi_id: vid,
-        lock_type,
-        ..Default::default()
-    }
-    .encode();
-    match ctx.exec(h, None).await {
-        Some(_) => EXIT_SUCCESS,
-        None => EXIT_FAILURE,
+    // dog ignores sheep's answer; only a failed exchange fails.
+    match ctx.client.release_vdi(vid, lock_type).await {
+        Err(e) if e.result().is_none() => {
+            report_transport(&e);
+            EXIT_FAILURE
+        }
+        _ => EXIT_SUCCESS,
     }
 }

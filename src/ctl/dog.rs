@@ -1,17 +1,13 @@
-//! The request helpers of dog (`dog_exec_req`, `dog_read_object`,
-//! `find_vdi_name`, `read_vdi_obj`, `parse_vdi`, ...), with dog's stderr
-//! messages and the same request bytes.
+//! dog's request helpers (`update_node_list`, `find_vdi_name`,
+//! `parse_vdi`, ...) over [`Client`], with dog's stderr messages; the
+//! requests themselves are the client's, which sends dog's bytes.
 
 use super::{errln, Exit, EXIT_FAILURE, EXIT_SYSFAIL, R};
 use crate::client::list::live_vids;
-use crate::client::{
-    Client, Error, Options, Request, Response, ScanOptions, ScanStage, SheepAddr, SnapSel, VdiEntry,
-};
-use crate::proto::bitmap::VidBitmap;
-use crate::proto::header::ObjArgs;
+use crate::client::{Client, Error, Options, ScanOptions, ScanStage, SheepAddr, SnapSel, VdiEntry};
 use crate::proto::inode;
-use crate::proto::node::{SdNode, SD_NODE_SIZE};
-use crate::proto::{flags, op, ReqHeader, SdRes, SD_MAX_NODES, VDI_BITMAP_SIZE};
+use crate::proto::node::SdNode;
+use crate::proto::SdRes;
 use futures::StreamExt;
 use std::collections::HashMap;
 
@@ -88,63 +84,26 @@ impl Ctx {
         self.node_clients.entry(c.addr()).or_insert(c).clone()
     }
 
-    /// `dog_exec_req`: sends one request; on a transport failure prints what
-    /// dog prints and returns None (dog's -1).
-    pub async fn exec_on(
-        &self,
-        client: &Client,
-        mut h: ReqHeader,
-        payload: Option<Vec<u8>>,
-    ) -> Option<Response> {
-        let mut r = match payload {
-            Some(p) => {
-                // dog sets data_length itself; keep CMD_WRITE semantics.
-                h.flags |= flags::CMD_WRITE;
-                let mut r = Request::new(h);
-                r.hdr.data_length = p.len() as u32;
-                r.payload = p.into();
-                r
-            }
-            None => Request::new(h),
-        };
-        r.idempotent = false;
-        match client.send(r).await {
-            Ok(rsp) => Some(rsp),
-            Err(e) => {
-                report_transport(&e);
-                None
-            }
-        }
-    }
-
-    pub async fn exec(&self, h: ReqHeader, payload: Option<Vec<u8>>) -> Option<Response> {
-        self.exec_on(&self.client, h, payload).await
-    }
-
     /// `update_node_list`: GET_NODE_LIST, then STAT_CLUSTER(48) for the epoch.
     pub async fn update_node_list(&mut self) -> R<()> {
         let fail = || {
             errln("Failed to get node list");
             Exit(EXIT_SYSFAIL)
         };
-        let mut h = ReqHeader::for_op(op::GET_NODE_LIST);
-        h.data_length = (SD_MAX_NODES * SD_NODE_SIZE) as u32;
-        let rsp = self.exec(h, None).await.ok_or_else(fail)?;
-        if rsp.result() != SdRes::SUCCESS {
-            errln(&format!(
-                "Failed to update node list: {}",
-                rsp.result().message()
-            ));
-            return Err(fail());
-        }
-        let nr = rsp.hdr.data_length as usize / SD_NODE_SIZE;
-        if nr == 0 {
+        let nodes = match self.client.node_list().await {
+            Ok(n) => n,
+            Err(e) => {
+                match e.result() {
+                    Some(r) => errln(&format!("Failed to update node list: {}", r.message())),
+                    None => report_transport(&e),
+                }
+                return Err(fail());
+            }
+        };
+        if nodes.is_empty() {
             errln("There are no active sheep daemons");
             return Err(Exit(EXIT_FAILURE));
         }
-        let nodes: Vec<SdNode> = (0..nr)
-            .filter_map(|i| SdNode::decode(rsp.data.get(i * SD_NODE_SIZE..)?).ok())
-            .collect();
         self.nodes = crate::dogfmt::sort_nodes(&nodes);
         let mut zones: Vec<u32> = Vec::new();
         for n in &self.nodes {
@@ -153,47 +112,14 @@ impl Ctx {
             }
         }
         self.zones = zones.len();
-        let mut h = ReqHeader::for_op(op::STAT_CLUSTER);
-        h.data_length = crate::proto::node::EPOCH_LOG_SIZE as u32;
-        let rsp = self.exec(h, None).await.ok_or_else(fail)?;
-        self.epoch = rsp.hdr.epoch;
+        match self.client.stat_cluster(0, 1).await {
+            Ok((_, epoch, _)) => self.epoch = epoch,
+            Err(e) => {
+                report_transport(&e);
+                return Err(fail());
+            }
+        }
         Ok(())
-    }
-
-    /// `dog_read_object`: Err(result) after printing dog's message; a
-    /// transport failure is EIO.
-    pub async fn read_object(
-        &self,
-        oid: u64,
-        len: u32,
-        offset: u64,
-        direct: bool,
-    ) -> Result<Vec<u8>, SdRes> {
-        let mut h = ReqHeader::for_op(op::READ_OBJ);
-        h.data_length = len;
-        if direct {
-            h.flags |= flags::CMD_DIRECT;
-        }
-        h.args = ObjArgs {
-            oid,
-            offset: offset as u32,
-            ..Default::default()
-        }
-        .encode();
-        let Some(rsp) = self.exec(h, None).await else {
-            errln(&format!("Failed to read object {oid:016x}"));
-            return Err(SdRes::EIO);
-        };
-        if rsp.result() != SdRes::SUCCESS {
-            errln(&format!(
-                "Failed to read object {oid:016x} {}",
-                rsp.result().message()
-            ));
-            return Err(rsp.result());
-        }
-        let mut d = rsp.data;
-        d.resize(len as usize, 0);
-        Ok(d)
     }
 
     /// `find_vdi_name`: GET_VDI_INFO with name + tag (512 bytes). A
@@ -234,17 +160,20 @@ impl Ctx {
         F: FnMut(&VdiEntry, u32),
     {
         let mut bitmaps = Vec::new();
-        for opcode in [op::READ_VDIS, op::READ_DEL_VDIS] {
-            let mut h = ReqHeader::for_op(opcode);
-            h.data_length = VDI_BITMAP_SIZE as u32;
-            let Some(rsp) = self.exec(h, None).await else {
-                return -1;
-            };
-            if rsp.result() != SdRes::SUCCESS {
-                errln(&rsp.result().message());
-                return 0;
+        for deleted in [false, true] {
+            match self.client.vdi_bitmap(deleted).await {
+                Ok(b) => bitmaps.push(b),
+                Err(e) => match e.result() {
+                    Some(r) => {
+                        errln(&r.message());
+                        return 0;
+                    }
+                    None => {
+                        report_transport(&e);
+                        return -1;
+                    }
+                },
             }
-            bitmaps.push(VidBitmap::from_bytes(&rsp.data));
         }
         let vids = live_vids(&bitmaps[0], &bitmaps[1]);
         drop(bitmaps);
@@ -288,7 +217,7 @@ impl Ctx {
 
 /// What `dog_read_object` prints when a read fails; the result it returns
 /// (EIO for a transport failure).
-fn report_read_error(oid: u64, e: &Error) -> SdRes {
+pub(super) fn report_read_error(oid: u64, e: &Error) -> SdRes {
     match e.result() {
         Some(res) => {
             errln(&format!(
@@ -349,13 +278,4 @@ fn dog_addr(a: &str) -> String {
         }
     }
     a.to_string()
-}
-
-/// A NUL-padded fixed field, cut like `pstrcpy` (at most len-1 bytes).
-pub fn cname(s: &str, len: usize) -> Vec<u8> {
-    let b = s.as_bytes();
-    let n = b.len().min(len - 1);
-    let mut v = vec![0u8; len];
-    v[..n].copy_from_slice(&b[..n]);
-    v
 }
