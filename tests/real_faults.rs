@@ -33,13 +33,6 @@ fn mount(c: &Cluster) -> Mount {
     Mount::start_args(&["-a", "127.0.0.1", "-p", &port, "-t", &t])
 }
 
-#[track_caller]
-fn dog_read(c: &Cluster, name: &str, off: u64, len: u64) -> Vec<u8> {
-    let o = c.dog(&["vdi", "read", name, &off.to_string(), &len.to_string()]);
-    assert_eq!(o.code, 0, "{o:?}");
-    o.stdout
-}
-
 /// Polls `cond` every 20 ms until it holds; panics with `what` after `limit`.
 #[track_caller]
 fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
@@ -159,7 +152,7 @@ fn node_killed_during_verified_io() {
     f.read_exact_at(&mut back, 0).expect("read back");
     assert_bytes(&back, &want, "sheepfs after the kill");
     assert_bytes(
-        &dog_read(&c, "kill", 0, want.len() as u64),
+        &c.dog_read("kill", None, 0, want.len() as u64),
         &want,
         "dog after the kill",
     );
@@ -219,12 +212,12 @@ fn whole_cluster_restart_while_mounted() {
     g.read_exact_at(&mut back, 40 * MB - 4096).expect("read");
     assert_bytes(&back, &new, "new data through sheepfs");
     assert_bytes(
-        &dog_read(&c, "restart", 3 * MB, old.len() as u64),
+        &c.dog_read("restart", None, 3 * MB, old.len() as u64),
         &old,
         "old data through dog",
     );
     assert_bytes(
-        &dog_read(&c, "restart", 40 * MB - 4096, new.len() as u64),
+        &c.dog_read("restart", None, 40 * MB - 4096, new.len() as u64),
         &new,
         "new data through dog",
     );

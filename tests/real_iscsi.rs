@@ -118,13 +118,6 @@ fn tally_of(m: &BTreeMap<String, Outcome>) -> (usize, usize, usize) {
     tally(&v)
 }
 
-#[track_caller]
-fn dog_read(c: &Cluster, vdi: &str, off: u64, len: usize) -> Vec<u8> {
-    let o = c.dog(&["vdi", "read", vdi, &off.to_string(), &len.to_string()]);
-    assert_eq!(o.code, 0, "{o:?}");
-    o.stdout
-}
-
 /// SYNCHRONIZE CACHE (10) of the whole LUN: GOOD.
 fn sync_cache(i: &mut Initiator) {
     let r = i.scsi(1, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0);
@@ -168,16 +161,22 @@ fn data_both_ways_with_dog() {
     i.write_bytes(1, 32 * MIB, &over);
     sync_cache(&mut i);
     assert_eq!(
-        sha(&dog_read(c, "data", 3 * MIB - 4096, ours.len())),
+        sha(&c.dog_read("data", None, 3 * MIB - 4096, ours.len() as u64)),
         sha(&ours),
         "what iSCSI wrote, read by dog"
     );
     let mut want = theirs.clone();
     want[(2 * MIB) as usize..(3 * MIB) as usize].copy_from_slice(&over);
-    assert_eq!(sha(&dog_read(c, "data", 30 * MIB, want.len())), sha(&want));
+    assert_eq!(
+        sha(&c.dog_read("data", None, 30 * MIB, want.len() as u64)),
+        sha(&want)
+    );
     assert_eq!(sha(&i.read_bytes(1, 30 * MIB, want.len())), sha(&want));
     // Space nobody wrote reads as zeros both ways.
-    assert!(dog_read(c, "data", 20 * MIB, 65536).iter().all(|&b| b == 0));
+    assert!(c
+        .dog_read("data", None, 20 * MIB, 65536)
+        .iter()
+        .all(|&b| b == 0));
     assert!(i.read_bytes(1, 20 * MIB, 65536).iter().all(|&b| b == 0));
     assert_eq!(i.logout(), 0);
 }

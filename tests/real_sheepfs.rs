@@ -12,7 +12,7 @@ mod sheepfs_common;
 
 use common::pattern;
 use real_common::Cluster;
-use sheepfs_common::{noise, read_file, sh, sh_ok, sha256, FsMount, LoopDev, Mount};
+use sheepfs_common::{lseek, noise, read_file, sh, sh_ok, sha256, FsMount, LoopDev, Mount};
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -31,13 +31,6 @@ fn mount(c: &Cluster, extra: &[&str]) -> Mount {
     let mut args = vec!["-a", "127.0.0.1", "-p", &port];
     args.extend_from_slice(extra);
     Mount::start_args(&args)
-}
-
-#[track_caller]
-fn dog_read(c: &Cluster, name: &str, off: u64, len: u64) -> Vec<u8> {
-    let o = c.dog(&["vdi", "read", name, &off.to_string(), &len.to_string()]);
-    assert_eq!(o.code, 0, "{o:?}");
-    o.stdout
 }
 
 #[test]
@@ -82,7 +75,7 @@ fn data_both_ways_and_fsync_with_o() {
     f.write_all_at(&ours, 3 * MB + 4096).expect("write");
     // FLUSH_VDI: INVALID_PARMS from a sheep without object cache = done.
     f.sync_all().expect("fsync on a real cluster");
-    assert_eq!(dog_read(c, "fsd", 3 * MB + 4096, 3 * MB), ours);
+    assert_eq!(c.dog_read("fsd", None, 3 * MB + 4096, 3 * MB), ours);
     drop(f);
     // dog writes while the VDI is detached (an attached volume keeps its
     // inode map, as qemu does); after attaching again sheepfs reads it.
@@ -143,7 +136,7 @@ fn concurrent_writers_and_readers() {
     }
     for i in 0..16u64 {
         assert!(
-            dog_read(c, "conc", i * region, region) == data(i),
+            c.dog_read("conc", None, i * region, region) == data(i),
             "region {i} through dog"
         );
     }
@@ -185,16 +178,6 @@ fn stored_copies(c: &Cluster, vid: u32, idx: u64) -> usize {
     (0..c.ports.len())
         .filter(|i| c.path().join(format!("s{i}/obj/{oid:016x}")).exists())
         .count()
-}
-
-fn lseek(f: &File, off: u64, whence: i32) -> std::io::Result<u64> {
-    // SAFETY: plain syscall on an open fd.
-    let r = unsafe { libc::lseek(f.as_raw_fd(), off as i64, whence) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r as u64)
-    }
 }
 
 fn fallocate(f: &File, mode: i32, off: u64, len: u64) {
@@ -284,7 +267,7 @@ fn discard_and_seek_agree_with_dog() {
     assert_eq!(seek_map(&f, size, OBJ), left);
     assert_eq!(stored_copies(c, vid, 2), 0, "the punched object is removed");
     assert_eq!(
-        sha256(&dog_read(c, "holes", 0, size)),
+        sha256(&c.dog_read("holes", None, 0, size)),
         sha256(&model),
         "dog reads what sheepfs left"
     );
@@ -333,7 +316,9 @@ fn ext4_fsck_fstrim_and_seek() {
         for &i in &freed {
             assert_eq!(stored_copies(c, vid, i), 0, "object {i} after fstrim");
             assert!(
-                dog_read(c, "ext4", i * OBJ, OBJ).iter().all(|&b| b == 0),
+                c.dog_read("ext4", None, i * OBJ, OBJ)
+                    .iter()
+                    .all(|&b| b == 0),
                 "object {i} reads as zeros through dog"
             );
         }
