@@ -12,6 +12,7 @@ pub mod dog;
 pub mod getopt;
 mod progress;
 mod run;
+mod tree;
 
 pub use run::run;
 
@@ -174,6 +175,7 @@ pub enum Cmd {
     VdiClone,
     VdiDelete,
     VdiList,
+    VdiTree,
     VdiSetattr,
     VdiGetattr,
     VdiResize,
@@ -270,6 +272,14 @@ const VDI_CMDS: &[Sub] = &[
         "list images",
         0,
         Cmd::VdiList,
+    ),
+    sub(
+        "tree",
+        None,
+        "aphT",
+        "show images in tree view format",
+        0,
+        Cmd::VdiTree,
     ),
     sub(
         "setattr",
