@@ -7,11 +7,19 @@ use std::str::FromStr;
 /// Where a sheep listens.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SheepAddr {
-    Tcp { host: String, port: u16 },
+    /// A TCP address: host name or IP, and port.
+    Tcp {
+        /// Host name, IPv4 or IPv6 address (without brackets).
+        host: String,
+        /// TCP port (sheep listens on 7000 by default).
+        port: u16,
+    },
+    /// A Unix socket (sheep's `sock` file).
     Unix(PathBuf),
 }
 
 impl SheepAddr {
+    /// `host:port` over TCP.
     pub fn tcp(host: impl Into<String>, port: u16) -> Self {
         SheepAddr::Tcp {
             host: host.into(),

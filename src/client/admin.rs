@@ -26,6 +26,7 @@ pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 pub struct CreateOptions {
     /// 0: cluster default.
     pub copies: u8,
+    /// Erasure coding (dog's `-c DATA:PARITY`); 0: replication.
     pub copy_policy: u8,
     /// None: cluster default (dog asks CLUSTER_INFO for it).
     pub block_size_shift: Option<u8>,

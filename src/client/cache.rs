@@ -41,6 +41,7 @@ impl std::fmt::Debug for ObjectCache {
 }
 
 impl ObjectCache {
+    /// An empty cache holding at most `budget_bytes` of objects.
     pub fn new(budget_bytes: u64) -> Self {
         ObjectCache {
             inner: Mutex::new(Inner {
@@ -54,6 +55,7 @@ impl ObjectCache {
         }
     }
 
+    /// The most bytes the cache holds.
     pub fn budget(&self) -> u64 {
         self.budget.load(Ordering::Relaxed)
     }
@@ -63,10 +65,12 @@ impl ObjectCache {
         self.inner.lock().bytes
     }
 
+    /// Reads answered from the cache.
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
     }
 
+    /// Reads that had to fetch the object.
     pub fn misses(&self) -> u64 {
         self.misses.load(Ordering::Relaxed)
     }
@@ -86,6 +90,7 @@ impl ObjectCache {
         }
     }
 
+    /// Forgets object `oid` (and any fill of it in flight).
     pub fn invalidate(&self, oid: u64) {
         let mut g = self.inner.lock();
         if let Some(v) = g.lru.pop(&oid) {

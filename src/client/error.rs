@@ -2,69 +2,125 @@
 
 use crate::proto::{inode::BtreeError, SdRes};
 
+/// The client's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What can go wrong talking to sheep. New kinds may be added: match with a
+/// wildcard arm, or use [`Error::result`], [`Error::is`] and
+/// [`Error::is_transport`].
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// sheep answered with a non-success result; displays dog's message.
     #[error("{res}")]
-    Sheep { op: u8, res: SdRes },
+    Sheep {
+        /// The request's opcode.
+        op: u8,
+        /// sheep's answer.
+        res: SdRes,
+    },
+    /// No connection could be made (nothing was sent).
     #[error("cannot connect to sheep at {addr}: {source}")]
     Connect {
+        /// The sheep's address.
         addr: String,
+        /// Why the connection failed.
         #[source]
         source: std::io::Error,
     },
+    /// The connection broke while a request was in flight.
     #[error("connection to sheep at {addr} failed: {source}")]
     Io {
+        /// The sheep's address.
         addr: String,
+        /// What broke.
         #[source]
         source: std::io::Error,
     },
+    /// No reply within [`Options::request_timeout`](super::Options::request_timeout).
     #[error("sheep at {addr} did not answer {op} within {secs} s")]
     Timeout {
+        /// The sheep's address.
         addr: String,
+        /// The opcode's name.
         op: &'static str,
+        /// The timeout.
         secs: u64,
     },
     /// An earlier write to the same object may still land (its connection
     /// failed and sheep has not closed it): sending this one could let the
     /// older data win.
     #[error("an earlier write to object {oid:016x} on sheep at {addr} is still in doubt after {secs} s (sheep has not closed the failed connection); not sending a newer one that it could overwrite: check sheep, then retry")]
-    Fenced { addr: String, oid: u64, secs: u64 },
+    Fenced {
+        /// The sheep's address.
+        addr: String,
+        /// The object written.
+        oid: u64,
+        /// How long the write waited.
+        secs: u64,
+    },
+    /// A reply that does not make sense (short, inconsistent).
     #[error("malformed reply from sheep at {addr}: {what}")]
-    Protocol { addr: String, what: String },
+    Protocol {
+        /// The sheep's address.
+        addr: String,
+        /// What is wrong with it.
+        what: String,
+    },
+    /// A request refused before sending (bad name, size, argument).
     #[error("{0}")]
     Invalid(String),
+    /// A write to a snapshot or a volume opened read-only (its name).
     #[error("volume {0} is read-only")]
     ReadOnly(String),
+    /// A write past the end of a volume.
     #[error("I/O beyond the end of volume {name} ({size} bytes)")]
-    OutOfRange { name: String, size: u64 },
+    OutOfRange {
+        /// The volume.
+        name: String,
+        /// Its size.
+        size: u64,
+    },
+    /// A B-tree (hyper volume) map that cannot be read.
     #[error("corrupt inode of VDI {vid:#x}: {source}")]
     Btree {
+        /// The VDI.
         vid: u32,
+        /// What is wrong with its map.
         #[source]
         source: BtreeError,
     },
+    /// The client (or volume) was closed.
     #[error("client is shut down")]
     Closed,
     /// A VDI size beyond what the inode can map: `max` is the flat limit of
     /// its object size, or 16 PiB (`hyper`).
     #[error("VDI size {size} is larger than {max} bytes{}", if *hyper { "" } else { "; use a hyper volume or a larger object size" })]
-    TooLarge { size: u64, max: u64, hyper: bool },
+    TooLarge {
+        /// The size asked for.
+        size: u64,
+        /// The largest size possible.
+        max: u64,
+        /// Whether `max` is the hyper volume limit.
+        hyper: bool,
+    },
     /// A step of a VDI administration operation failed (see
     /// [`Step`]); `oid` is the object it worked on (0: none).
     /// Displays as the error beneath, as the operation's callers showed it before.
     #[error("{source}")]
     At {
+        /// The step that failed.
         step: Step,
+        /// The object it worked on (0: none).
         oid: u64,
+        /// The error of the step.
         #[source]
         source: Box<Error>,
     },
 }
 
 impl Error {
+    /// sheep's answer `res` to opcode `op`.
     pub fn sheep(op: u8, res: SdRes) -> Self {
         Error::Sheep { op, res }
     }
@@ -86,6 +142,7 @@ impl Error {
         }
     }
 
+    /// Whether sheep answered `res` (through [`Error::At`] too).
     pub fn is(&self, res: SdRes) -> bool {
         self.result() == Some(res)
     }

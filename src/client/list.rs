@@ -60,6 +60,7 @@ impl Default for ScanOptions {
 /// One VDI as a scan read it.
 #[derive(Debug)]
 pub struct ScannedVdi {
+    /// The header and the used and shared counts.
     pub entry: VdiEntry,
     /// The word at [`ScanOptions::probe_word`] of the map bytes (0 if none).
     pub probe: u32,
@@ -80,10 +81,13 @@ pub enum ScanStage {
 /// A VDI whose inode could not be read.
 #[derive(Debug)]
 pub struct ScanError {
+    /// The VDI.
     pub vid: u32,
     /// The object whose read failed.
     pub oid: u64,
+    /// Which read failed.
     pub stage: ScanStage,
+    /// Why.
     pub error: Error,
 }
 

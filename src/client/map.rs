@@ -14,6 +14,7 @@ pub enum DataMap {
 }
 
 impl DataMap {
+    /// The vid owning object `idx` (0: unallocated).
     pub fn get(&self, idx: u64) -> u32 {
         match self {
             DataMap::Flat(v) => v.get(idx),
@@ -80,6 +81,7 @@ impl FlatMap {
         self.len
     }
 
+    /// Whether the map has no entries.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -156,14 +158,16 @@ impl std::ops::Index<usize> for FlatMap {
 /// An inode: header and data map.
 #[derive(Debug, Clone)]
 pub struct Inode {
+    /// The header (name, size, object size, snapshot state...).
     pub header: InodeHeader,
+    /// Which VDI owns each data object.
     pub map: DataMap,
 }
 
 /// dog's `sd_inode_get_meta_size` for a listing: the map bytes worth reading
 /// (`btree_hdr`: the 8 bytes after the header). Bounded by the map area
 /// (`data_vdi_id[]`), so a corrupt B-tree header cannot ask for gigabytes.
-pub fn map_read_len(h: &InodeHeader, btree_hdr: &[u8]) -> u32 {
+pub(crate) fn map_read_len(h: &InodeHeader, btree_hdr: &[u8]) -> u32 {
     let len = if h.is_hyper() {
         let depth = if btree_hdr.len() >= 4 {
             get_u16(btree_hdr, 2)

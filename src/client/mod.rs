@@ -15,6 +15,59 @@
 //! from it has completed. A write that cannot pass a fence within
 //! `retry_timeout` fails with [`Error::Fenced`] and is not sent. Writers in
 //! other processes are not covered (the VDI lock keeps them out).
+//!
+//! Requests are the ones `dog` sends, byte for byte, so a real sheep sees
+//! dog's traffic. The client runs over TCP or a Unix socket, or over any
+//! byte stream ([`Client::with_connector`]).
+//!
+//! # Examples
+//!
+//! Against a cluster (sheep on port 7000):
+//!
+//! ```no_run
+//! use sheepfs::client::{Client, Error, Options, SheepAddr};
+//!
+//! # async fn example() -> sheepfs::client::Result<()> {
+//! let addr: SheepAddr = "127.0.0.1:7000".parse().map_err(Error::Invalid)?;
+//! let client = Client::connect(addr, Options::default()).await?;
+//! for node in client.node_list().await? {
+//!     println!("{}", node.nid.to_addr_port());
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A VDI written and read back, with a sheep-lite served in this process
+//! (cargo feature `server`) standing in for the cluster:
+//!
+//! ```
+//! # #[cfg(feature = "server")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use sheepfs::client::{Client, CreateOptions, OpenOptions, Options, SheepAddr, Volume};
+//! use sheepfs::server::{self, Config, Ctx};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let rt = tokio::runtime::Runtime::new()?;
+//! rt.block_on(async {
+//!     let sheep = Ctx::open(&Config::new(dir.path()))?;
+//!     let addr = SheepAddr::Unix("in-process".into());
+//!     let client = Client::with_connector(addr, Options::default(), move |_| {
+//!         let stream = server::serve_duplex(&sheep);
+//!         async move { Ok(stream) }
+//!     });
+//!     // `dog cluster format`, `dog vdi create disk 1G`
+//!     client.make_fs(0, 0, 0, 0, "plain").await?;
+//!     client.create_vdi("disk", 1 << 30, &CreateOptions::default()).await?;
+//!     let vol = Volume::open(client.clone(), "disk", OpenOptions::default()).await?;
+//!     vol.write_at(4096, b"hello").await?;
+//!     assert_eq!(vol.read_at(4096, 5).await?, b"hello");
+//!     vol.close().await?;
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })
+//! # }
+//! # #[cfg(not(feature = "server"))]
+//! # fn main() {}
+//! ```
 
 mod addr;
 pub mod admin;

@@ -174,6 +174,7 @@ impl Client {
         Ok(())
     }
 
+    /// REMOVE_OBJ: deletes object `oid`.
     pub async fn remove_obj(&self, oid: u64) -> Result<()> {
         let mut h = ReqHeader::for_op(op::REMOVE_OBJ);
         h.args = ObjArgs {
@@ -184,6 +185,8 @@ impl Client {
         self.call(Request::new(h)).await.map(|_| ())
     }
 
+    /// DISCARD_OBJ: removes data object `oid` and clears its entry in its
+    /// VDI's map.
     pub async fn discard_obj(&self, oid: u64) -> Result<()> {
         let mut h = ReqHeader::for_op(op::DISCARD_OBJ);
         h.args = ObjArgs {
@@ -280,6 +283,8 @@ impl Client {
         }
     }
 
+    /// CLUSTER_INFO: the cluster's format (ctime, copies, flags, object
+    /// size, store) and nodes.
     pub async fn cluster_info(&self) -> Result<ClusterInfo> {
         let mut h = ReqHeader::for_op(op::CLUSTER_INFO);
         h.data_length = CLUSTER_INFO_SIZE as u32;
@@ -290,6 +295,7 @@ impl Client {
         })
     }
 
+    /// GET_CLUSTER_DEFAULT: the copies, policy and object size new VDIs get.
     pub async fn cluster_default(&self) -> Result<ClusterDefaultRsp> {
         let rsp = self
             .call(Request::new(ReqHeader::for_op(op::GET_CLUSTER_DEFAULT)))
@@ -342,6 +348,7 @@ impl Client {
         Ok(String::from_utf8_lossy(&rsp.data[..end]).into_owned())
     }
 
+    /// SHUTDOWN: stops the cluster (dog's `cluster shutdown`).
     pub async fn shutdown(&self) -> Result<()> {
         self.call(Request::new(ReqHeader::for_op(op::SHUTDOWN)).not_idempotent())
             .await
@@ -455,6 +462,7 @@ impl Client {
         }
     }
 
+    /// Reads the header of the inode of `vid` (DIRECT).
     pub async fn read_inode_header(&self, vid: u32) -> Result<InodeHeader> {
         let b = self
             .read_obj(
@@ -671,6 +679,8 @@ impl Client {
         Ok(oid::vid_to_attr_oid(r.vdi_id, r.attr_id))
     }
 
+    /// Sets attribute `key` of the working VDI `name` (`excl`: fail if it
+    /// exists), or deletes it.
     pub async fn set_attr(
         &self,
         name: &str,
@@ -692,6 +702,7 @@ impl Client {
         self.vdi_attr(&req).await.map(|_| ())
     }
 
+    /// Reads the value of attribute `key` of the working VDI `name`.
     pub async fn get_attr(&self, name: &str, key: &str) -> Result<Vec<u8>> {
         check_name(name)?;
         let req = AttrRequest {

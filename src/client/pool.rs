@@ -44,6 +44,7 @@ pub struct Options {
     pub request_timeout: Duration,
     /// How long to keep retrying (reconnecting) before giving up on a request.
     pub retry_timeout: Duration,
+    /// How long one connection attempt may take.
     pub connect_timeout: Duration,
 }
 
@@ -172,10 +173,12 @@ impl Client {
         Ok(c)
     }
 
+    /// The address of the sheep this client talks to.
     pub fn addr(&self) -> SheepAddr {
         self.inner.addr.read().clone()
     }
 
+    /// The options the client was made with.
     pub fn options(&self) -> &Options {
         &self.inner.opts
     }

@@ -9,12 +9,17 @@ use bytes::Bytes;
 /// be resent after a transport failure.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The header; the pool sets its `id`.
     pub hdr: ReqHeader,
+    /// The bytes after the header.
     pub payload: Bytes,
+    /// May be sent again after a transport failure (true for reads and
+    /// object writes, false for NEW_VDI, LOCK_VDI and the like).
     pub idempotent: bool,
 }
 
 impl Request {
+    /// A request without payload that may be retried.
     pub fn new(hdr: ReqHeader) -> Self {
         Request {
             hdr,
@@ -29,19 +34,24 @@ impl Request {
         self.hdr.data_length = self.payload.len() as u32;
         self
     }
+    /// Marks the request as one that must not be sent twice.
     pub fn not_idempotent(mut self) -> Self {
         self.idempotent = false;
         self
     }
 }
 
+/// sheep's reply: header and data (at most the request's `data_length`).
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The reply header (result, epoch, per-opcode fields).
     pub hdr: RspHeader,
+    /// The reply's data.
     pub data: Vec<u8>,
 }
 
 impl Response {
+    /// sheep's result code.
     pub fn result(&self) -> SdRes {
         self.hdr.result()
     }

@@ -28,6 +28,7 @@ impl SnapSel {
         }
         SnapSel::Tag(s.to_string())
     }
+    /// Whether this selects the writable head.
     pub fn is_working(&self) -> bool {
         matches!(self, SnapSel::Working)
     }
@@ -46,14 +47,18 @@ impl std::fmt::Display for SnapSel {
 /// A resolved VDI (GET_VDI_INFO / LOCK_VDI reply).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VdiId {
+    /// The VDI's id.
     pub vid: u32,
+    /// Its copies (0 on sheep that do not say).
     pub copies: u8,
+    /// Its object size shift (0 on sheep that do not say).
     pub block_size_shift: u8,
 }
 
 /// One row of `vdi list`: the inode header plus dog's used/shared counts.
 #[derive(Debug, Clone)]
 pub struct VdiEntry {
+    /// The inode header.
     pub header: InodeHeader,
     /// Objects owned by this VDI (entries equal to its vid).
     pub used_objs: u64,
@@ -62,9 +67,11 @@ pub struct VdiEntry {
 }
 
 impl VdiEntry {
+    /// Bytes of the objects this VDI owns.
     pub fn used_bytes(&self) -> u64 {
         self.used_objs.wrapping_mul(self.header.object_size())
     }
+    /// Bytes of the objects shared with an ancestor.
     pub fn shared_bytes(&self) -> u64 {
         self.shared_objs.wrapping_mul(self.header.object_size())
     }

@@ -29,9 +29,13 @@ use std::time::Instant;
 /// Whether opening takes the VDI lock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LockMode {
+    /// No lock (several clients may write; only safe if they coordinate).
     #[default]
     None,
+    /// An exclusive lock (LOCK_VDI): other clients' opens with a lock fail
+    /// with VDI_LOCKED.
     Normal,
+    /// A shared lock, as for live migration.
     Shared,
 }
 
@@ -47,7 +51,9 @@ impl LockMode {
 /// How to open a [`Volume`].
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
+    /// The working VDI or a snapshot (opened read-only).
     pub snapshot: SnapSel,
+    /// Whether to take the VDI lock while open.
     pub lock: LockMode,
     /// Set SD_FLAG_CMD_CACHE on object requests (sheep's object cache; FLUSH_VDI makes durable).
     pub object_cache: bool,
@@ -65,17 +71,27 @@ pub struct OpenOptions {
 /// Counters of one volume.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct VolumeStats {
+    /// Reads.
     pub reads: u64,
+    /// Writes.
     pub writes: u64,
+    /// Bytes read.
     pub bytes_read: u64,
+    /// Bytes written.
     pub bytes_written: u64,
+    /// Object reads answered by the client-side cache.
     pub cache_hits: u64,
+    /// Object reads the client-side cache had to fetch.
     pub cache_misses: u64,
+    /// Reads and writes that failed.
     pub errors: u64,
+    /// Inode re-reads (snapshots taken underneath, objects gone).
     pub reloads: u64,
+    /// Reconnections of the client.
     pub reconnects: u64,
     /// Latency percentiles in microseconds: p50, p90, p99, max.
     pub read_lat_us: [u64; 4],
+    /// Write latency percentiles, as `read_lat_us`.
     pub write_lat_us: [u64; 4],
 }
 
@@ -225,9 +241,11 @@ impl Volume {
         }
     }
 
+    /// The VDI's name.
     pub fn name(&self) -> &str {
         &self.name
     }
+    /// Which member of the VDI's family this is.
     pub fn snapshot(&self) -> &SnapSel {
         &self.sel
     }
@@ -235,30 +253,39 @@ impl Volume {
     pub fn vid(&self) -> u32 {
         self.state.read().header.vdi_id
     }
+    /// The size in bytes.
     pub fn size(&self) -> u64 {
         self.state.read().header.vdi_size
     }
+    /// The object size in bytes.
     pub fn object_size(&self) -> u64 {
         self.state.read().header.object_size()
     }
+    /// The object size shift.
     pub fn block_size_shift(&self) -> u8 {
         self.state.read().header.block_size_shift
     }
+    /// The VDI's copies.
     pub fn nr_copies(&self) -> u8 {
         self.state.read().header.nr_copies
     }
+    /// The inode header as last read (sizes updated by [`Volume::resize`]).
     pub fn header(&self) -> InodeHeader {
         self.state.read().header.clone()
     }
+    /// Whether writes are refused (a snapshot, or opened read-only).
     pub fn is_read_only(&self) -> bool {
         self.read_only
     }
+    /// The client the volume talks through.
     pub fn client(&self) -> &Client {
         &self.client
     }
+    /// Sets or clears SD_FLAG_CMD_CACHE on later requests (see [`OpenOptions::object_cache`]).
     pub fn set_object_cache(&self, on: bool) {
         self.object_cache.store(on, Ordering::Relaxed);
     }
+    /// Whether requests carry SD_FLAG_CMD_CACHE.
     pub fn object_cache(&self) -> bool {
         self.object_cache.load(Ordering::Relaxed)
     }
@@ -843,6 +870,7 @@ impl Volume {
         Ok(())
     }
 
+    /// The volume's counters.
     pub fn stats(&self) -> VolumeStats {
         let mut st = self.stats.snapshot();
         st.reconnects = self.client.reconnects();
@@ -856,6 +884,7 @@ impl Volume {
         *self.cache.write() = cache.filter(|c| c.admits(size));
     }
 
+    /// The client-side object cache in use, if any.
     pub fn cache(&self) -> Option<Arc<ObjectCache>> {
         self.cache.read().clone()
     }

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use std::collections::HashMap;
 
 /// dog's message when the inode of a VDI or snapshot cannot be read.
-pub fn report_vdi_read_failure(name: &str, snapid: u32, tag: &str) {
+pub(crate) fn report_vdi_read_failure(name: &str, snapid: u32, tag: &str) {
     if snapid != 0 {
         errln(&format!(
             "Failed to read a snapshot {name}:{}",
@@ -26,7 +26,7 @@ pub fn report_vdi_read_failure(name: &str, snapid: u32, tag: &str) {
 }
 
 /// C's `strerror`.
-pub fn strerror(e: &std::io::Error) -> String {
+pub(crate) fn strerror(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(n) => {
             // SAFETY: strerror returns a pointer to a NUL-terminated static
@@ -76,7 +76,7 @@ impl Ctx {
     /// The client for per-node requests (STAT_SHEEP, CLUSTER_INFO in
     /// format): the main connection when the node is the one we talk to
     /// (dog caches connections by address the same way).
-    pub fn node_client(&mut self, n: &SdNode) -> Client {
+    pub(crate) fn node_client(&mut self, n: &SdNode) -> Client {
         let c = crate::dogfmt::node_client(&self.client, &n.nid, self.nodes.len());
         if c.addr() == self.client.addr() {
             return c;
@@ -85,7 +85,7 @@ impl Ctx {
     }
 
     /// `update_node_list`: GET_NODE_LIST, then STAT_CLUSTER(48) for the epoch.
-    pub async fn update_node_list(&mut self) -> R<()> {
+    pub(crate) async fn update_node_list(&mut self) -> R<()> {
         let fail = || {
             errln("Failed to get node list");
             Exit(EXIT_SYSFAIL)
@@ -124,7 +124,12 @@ impl Ctx {
 
     /// `find_vdi_name`: GET_VDI_INFO with name + tag (512 bytes). A
     /// transport failure prints dog's lines and is EIO.
-    pub async fn find_vdi_name(&self, name: &str, snapid: u32, tag: &str) -> Result<u32, SdRes> {
+    pub(crate) async fn find_vdi_name(
+        &self,
+        name: &str,
+        snapid: u32,
+        tag: &str,
+    ) -> Result<u32, SdRes> {
         match self.client.vdi_lookup(name, &snap_sel(snapid, tag)).await {
             Ok(id) => Ok(id.vid),
             Err(e) => Err(e.result().unwrap_or_else(|| {
@@ -135,7 +140,7 @@ impl Ctx {
     }
 
     /// [`Ctx::find_vdi_name`] that prints dog's "Failed to open VDI" on failure.
-    pub async fn open_vdi(&self, name: &str, snapid: u32, tag: &str) -> Result<u32, SdRes> {
+    pub(crate) async fn open_vdi(&self, name: &str, snapid: u32, tag: &str) -> Result<u32, SdRes> {
         self.find_vdi_name(name, snapid, tag)
             .await
             .inspect_err(|r| {
@@ -155,7 +160,7 @@ impl Ctx {
     /// of the map read (0 if none). Prints dog's messages for failed reads.
     /// Returns dog's `ret`: -1 when a bitmap could not be fetched, else the
     /// result of the last inode read (0 = success).
-    pub async fn parse_vdi<F>(&self, with_map: bool, probe: Option<usize>, mut f: F) -> i64
+    pub(crate) async fn parse_vdi<F>(&self, with_map: bool, probe: Option<usize>, mut f: F) -> i64
     where
         F: FnMut(&VdiEntry, u32),
     {
@@ -235,7 +240,7 @@ pub(super) fn report_read_error(oid: u64, e: &Error) -> SdRes {
 }
 
 /// dog's `-s ID` or `-s TAG` (or neither) as a selector.
-pub fn snap_sel(snapid: u32, tag: &str) -> SnapSel {
+pub(crate) fn snap_sel(snapid: u32, tag: &str) -> SnapSel {
     if snapid != 0 {
         SnapSel::Id(snapid)
     } else if !tag.is_empty() {
@@ -246,7 +251,7 @@ pub fn snap_sel(snapid: u32, tag: &str) -> SnapSel {
 }
 
 /// Prints what dog prints when a request cannot be exchanged.
-pub fn report_transport(e: &Error) {
+pub(crate) fn report_transport(e: &Error) {
     match e {
         Error::Connect { addr, source } => {
             // dog tries twice (cache revalidation, then a fresh socket).

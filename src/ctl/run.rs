@@ -7,7 +7,7 @@ use super::*;
 use crate::client::{Options, SheepAddr};
 use std::time::{Duration, Instant};
 
-/// Runs sheepctl with `args` (including argv[0]); returns the exit code.
+/// Runs sheepctl with `args` (including `argv[0]`); returns the exit code.
 pub fn run(args: Vec<String>) -> i32 {
     let start = Instant::now();
     let code = match run_inner(&args, start) {

@@ -89,7 +89,7 @@ fn tm(t: i64, tz: Tz) -> Option<Tm> {
 }
 
 /// `strftime("%Y-%m-%d %H:%M")`, as in `vdi list`.
-pub fn fmt_date_minutes(t: i64, tz: Tz) -> String {
+pub(crate) fn fmt_date_minutes(t: i64, tz: Tz) -> String {
     match tm(t, tz) {
         Some(m) => format!(
             "{:04}-{:02}-{:02} {:02}:{:02}",
@@ -100,7 +100,7 @@ pub fn fmt_date_minutes(t: i64, tz: Tz) -> String {
 }
 
 /// `strftime("%Y-%m-%d %H:%M:%S")`, as in `cluster info`.
-pub fn fmt_date_seconds(t: i64, tz: Tz) -> String {
+pub(crate) fn fmt_date_seconds(t: i64, tz: Tz) -> String {
     match tm(t, tz) {
         Some(m) => format!(
             "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
@@ -111,7 +111,7 @@ pub fn fmt_date_seconds(t: i64, tz: Tz) -> String {
 }
 
 /// C's `ctime()`: `Sun Nov 22 20:03:16 2026\n`.
-pub fn fmt_ctime(t: i64, tz: Tz) -> String {
+pub(crate) fn fmt_ctime(t: i64, tz: Tz) -> String {
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -149,7 +149,7 @@ pub fn human_size(bytes: u64) -> String {
 }
 
 /// dog's `strnumber_raw`: decimal bytes in raw mode, human size otherwise.
-pub fn size_str(bytes: u64, raw: bool) -> String {
+pub(crate) fn size_str(bytes: u64, raw: bool) -> String {
     if raw {
         bytes.to_string()
     } else {
@@ -168,7 +168,7 @@ pub fn redundancy(copies: u8, copy_policy: u8) -> String {
 
 /// C's `(int)` of a double on x86-64 (`cvttsd2si`): NaN and out-of-range
 /// values become `INT_MIN`.
-pub fn c_double_to_int(v: f64) -> i32 {
+pub(crate) fn c_double_to_int(v: f64) -> i32 {
     if v.is_nan() || !(-2147483648.0..2147483648.0).contains(&v) {
         i32::MIN
     } else {
@@ -204,7 +204,7 @@ fn cstr(raw: &[u8]) -> String {
 // ------------------------------------------------------------------ vdi list
 
 /// `  Name        Id    Size ...` (not printed in raw mode).
-pub const VDI_LIST_HEADER: &str = "  Name        Id    Size    Used  Shared    Creation time   VDI id  Copies  Tag   Block Size Shift\n";
+pub(crate) const VDI_LIST_HEADER: &str = "  Name        Id    Size    Used  Shared    Creation time   VDI id  Copies  Tag   Block Size Shift\n";
 
 /// Type letter: `s` snapshot, `c` clone, otherwise blank (raw: `=`).
 fn vdi_type(h: &InodeHeader, raw: bool) -> char {
@@ -232,7 +232,7 @@ pub fn vdi_list_row(e: &VdiEntry, raw: bool) -> String {
     vdi_list_row_tz(e, raw, Tz::Local)
 }
 
-pub fn vdi_list_row_tz(e: &VdiEntry, raw: bool, tz: Tz) -> String {
+pub(crate) fn vdi_list_row_tz(e: &VdiEntry, raw: bool, tz: Tz) -> String {
     let h = &e.header;
     let name = cstr(&h.raw_name);
     let tag = cstr(&h.raw_tag);
@@ -287,7 +287,12 @@ pub fn render_vdi_list(entries: &[VdiEntry], raw: bool, name: Option<&str>) -> S
     render_vdi_list_tz(entries, raw, name, Tz::Local)
 }
 
-pub fn render_vdi_list_tz(entries: &[VdiEntry], raw: bool, name: Option<&str>, tz: Tz) -> String {
+pub(crate) fn render_vdi_list_tz(
+    entries: &[VdiEntry],
+    raw: bool,
+    name: Option<&str>,
+    tz: Tz,
+) -> String {
     let mut out = String::new();
     if !raw {
         out.push_str(VDI_LIST_HEADER);
@@ -365,7 +370,7 @@ fn vdi_json(e: &VdiEntry) -> VdiJson {
 }
 
 /// The JSON twin of `vdi list` from the cluster, rendered row by row.
-pub async fn vdi_list_json(client: &Client) -> Result<String> {
+pub(crate) async fn vdi_list_json(client: &Client) -> Result<String> {
     let mut out = JsonArray::default();
     client
         .for_each_vdi(true, |e| out.push(&vdi_json(e)))
@@ -480,7 +485,7 @@ fn print_nodes_diff_one(a: &EpochLog, b: &EpochLog, act: char) -> String {
 }
 
 /// The text of `dog cluster info`.
-pub fn render_cluster_info(st: &ClusterStatus, o: ClusterInfoOpts) -> String {
+pub(crate) fn render_cluster_info(st: &ClusterStatus, o: ClusterInfoOpts) -> String {
     let mut out = String::new();
     let first = st.logs.first().cloned().unwrap_or_default();
     if !o.raw {
@@ -580,7 +585,7 @@ pub async fn cluster_info(client: &Client, raw: bool, verbose: bool) -> Result<S
 }
 
 /// dog's sequence ([`Client::cluster_status`]) as the formatter wants it.
-pub async fn gather_cluster_status(client: &Client) -> Result<ClusterStatus> {
+pub(crate) async fn gather_cluster_status(client: &Client) -> Result<ClusterStatus> {
     let (result, logs) = client.cluster_status().await?;
     Ok(ClusterStatus {
         result,
@@ -618,7 +623,7 @@ struct ClusterJson {
 }
 
 /// The JSON twin of `cluster info`.
-pub fn render_cluster_info_json(st: &ClusterStatus) -> String {
+pub(crate) fn render_cluster_info_json(st: &ClusterStatus) -> String {
     let first = st.logs.first().cloned().unwrap_or_default();
     let running = st.result == SdRes::SUCCESS;
     let j = ClusterJson {
@@ -664,7 +669,7 @@ pub fn render_cluster_info_json(st: &ClusterStatus) -> String {
     to_json(&j)
 }
 
-pub async fn cluster_info_json(client: &Client) -> Result<String> {
+pub(crate) async fn cluster_info_json(client: &Client) -> Result<String> {
     let st = gather_cluster_status(client).await?;
     Ok(render_cluster_info_json(&st))
 }
@@ -672,17 +677,17 @@ pub async fn cluster_info_json(client: &Client) -> Result<String> {
 // ------------------------------------------------------------------ node list
 
 /// Nodes in dog's order: sorted by (address bytes, port), duplicates dropped.
-pub fn sort_nodes(nodes: &[SdNode]) -> Vec<SdNode> {
+pub(crate) fn sort_nodes(nodes: &[SdNode]) -> Vec<SdNode> {
     let mut v = nodes.to_vec();
     v.sort_by_key(|n| (n.nid.addr, n.nid.port));
     v.dedup_by(|a, b| a.nid.addr == b.nid.addr && a.nid.port == b.nid.port);
     v
 }
 
-pub const NODE_LIST_HEADER: &str = "  Id   Host:Port         V-Nodes       Zone\n";
+pub(crate) const NODE_LIST_HEADER: &str = "  Id   Host:Port         V-Nodes       Zone\n";
 
 /// The text of `dog node list` (nodes already in dog's order).
-pub fn render_node_list(nodes: &[SdNode], raw: bool) -> String {
+pub(crate) fn render_node_list(nodes: &[SdNode], raw: bool) -> String {
     let mut out = String::new();
     if !raw {
         out.push_str(NODE_LIST_HEADER);
@@ -725,7 +730,7 @@ struct NodeJson {
     zone: u32,
 }
 
-pub fn render_node_list_json(nodes: &[SdNode]) -> String {
+pub(crate) fn render_node_list_json(nodes: &[SdNode]) -> String {
     let v: Vec<NodeJson> = nodes
         .iter()
         .enumerate()
@@ -740,7 +745,7 @@ pub fn render_node_list_json(nodes: &[SdNode]) -> String {
     to_json(&v)
 }
 
-pub async fn node_list_json(client: &Client) -> Result<String> {
+pub(crate) async fn node_list_json(client: &Client) -> Result<String> {
     Ok(render_node_list_json(&gather_nodes(client).await?))
 }
 
@@ -776,10 +781,10 @@ fn use_ratio_or_zero(size: u64, free: u64) -> i32 {
 }
 
 /// `Id\tSize\tUsed\tAvail\tUse%` (not printed in raw mode).
-pub const NODE_INFO_HEADER: &str = "Id\tSize\tUsed\tAvail\tUse%\n";
+pub(crate) const NODE_INFO_HEADER: &str = "Id\tSize\tUsed\tAvail\tUse%\n";
 
 /// One per-node row of `node info`; `i` counts answering nodes only.
-pub fn node_info_row(i: usize, s: NodeSpace, raw: bool) -> String {
+pub(crate) fn node_info_row(i: usize, s: NodeSpace, raw: bool) -> String {
     let ratio = use_ratio_or_zero(s.size, s.free);
     let used = s.size.wrapping_sub(s.free);
     if raw {
@@ -804,7 +809,7 @@ pub fn node_info_row(i: usize, s: NodeSpace, raw: bool) -> String {
 }
 
 /// The `Total` line(s) of `node info`.
-pub fn node_info_total(
+pub(crate) fn node_info_total(
     total_size: u64,
     total_avail: u64,
     total_vdi_size: u64,
@@ -835,7 +840,7 @@ pub fn node_info_total(
 }
 
 /// The text of `dog node info` (when at least one node answered).
-pub fn render_node_info(info: &NodeInfo, raw: bool) -> String {
+pub(crate) fn render_node_info(info: &NodeInfo, raw: bool) -> String {
     let mut out = String::new();
     if !raw {
         out.push_str(NODE_INFO_HEADER);
@@ -855,7 +860,7 @@ pub fn render_node_info(info: &NodeInfo, raw: bool) -> String {
 
 /// The address to reach a node at: the client's own connection when it is
 /// that node (or the only node behind a unix socket), else the advertised one.
-pub fn node_client(client: &Client, nid: &NodeId, nr_nodes: usize) -> Client {
+pub(crate) fn node_client(client: &Client, nid: &NodeId, nr_nodes: usize) -> Client {
     let addr = SheepAddr::tcp(crate::proto::node::addr_text(&nid.addr), nid.port);
     let own = client.addr();
     if own == addr || (matches!(own, SheepAddr::Unix(_)) && nr_nodes == 1) {
@@ -865,7 +870,7 @@ pub fn node_client(client: &Client, nid: &NodeId, nr_nodes: usize) -> Client {
     }
 }
 
-pub async fn gather_node_info(client: &Client) -> Result<NodeInfo> {
+pub(crate) async fn gather_node_info(client: &Client) -> Result<NodeInfo> {
     let nodes = gather_nodes(client).await?;
     let mut info = NodeInfo::default();
     let mut any = false;
@@ -928,7 +933,7 @@ struct NodeInfoJson {
     total_vdi_size: u64,
 }
 
-pub fn render_node_info_json(info: &NodeInfo) -> String {
+pub(crate) fn render_node_info_json(info: &NodeInfo) -> String {
     let mut nodes = Vec::new();
     let (mut tsize, mut tfree) = (0u64, 0u64);
     for (nid, s) in &info.nodes {
@@ -959,16 +964,17 @@ pub fn render_node_info_json(info: &NodeInfo) -> String {
     to_json(&j)
 }
 
-pub async fn node_info_json(client: &Client) -> Result<String> {
+pub(crate) async fn node_info_json(client: &Client) -> Result<String> {
     Ok(render_node_info_json(&gather_node_info(client).await?))
 }
 
 // ------------------------------------------------------------------ vdi lock list
 
-pub const LOCK_LIST_HEADER: &str = "  Name         Id  VDI id  Tag            Owner node(s)\n";
+pub(crate) const LOCK_LIST_HEADER: &str =
+    "  Name         Id  VDI id  Tag            Owner node(s)\n";
 
 /// sheep's `node_id_to_str`: `IPv4 ip:127.0.0.1 port:7000`.
-pub fn node_id_str(nid: &NodeId) -> String {
+pub(crate) fn node_id_str(nid: &NodeId) -> String {
     let a = &nid.addr;
     let v4 = a[12] != 0 && a[..12].iter().all(|&b| b == 0);
     format!(
@@ -980,7 +986,7 @@ pub fn node_id_str(nid: &NodeId) -> String {
 }
 
 /// One `vdi lock list` row, or nothing for an unlocked VDI.
-pub fn lock_list_row(h: &InodeHeader, st: Option<&VdiState>) -> String {
+pub(crate) fn lock_list_row(h: &InodeHeader, st: Option<&VdiState>) -> String {
     let Some(st) = st else {
         return String::new();
     };

@@ -141,7 +141,7 @@ pub fn lines(buf: &[u8]) -> FsResult<Vec<Line<'_>>> {
 }
 
 /// `config/page_cache`, `config/object_cache`: an integer, non-zero = on.
-pub fn parse_flag(buf: &[u8], file: &str) -> FsResult<bool> {
+pub(crate) fn parse_flag(buf: &[u8], file: &str) -> FsResult<bool> {
     let s = std::str::from_utf8(buf).unwrap_or("").trim();
     s.parse::<i64>().map(|n| n != 0).map_err(|_| {
         FsError::new(
@@ -155,7 +155,7 @@ pub fn parse_flag(buf: &[u8], file: &str) -> FsResult<bool> {
 }
 
 /// `config/sheep_info`: `HOST:PORT`, `HOST` (port 7000), `[V6]:PORT` or `unix:PATH`.
-pub fn parse_addr(buf: &[u8]) -> FsResult<SheepAddr> {
+pub(crate) fn parse_addr(buf: &[u8]) -> FsResult<SheepAddr> {
     let s = std::str::from_utf8(buf)
         .map_err(|_| FsError::new(libc::EINVAL, "config/sheep_info: input is not valid UTF-8"))?
         .trim();

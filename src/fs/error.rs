@@ -10,7 +10,7 @@ pub type FsResult<T> = std::result::Result<T, FsError>;
 
 /// The errno of anything that needs a formatted cluster, on one that is not
 /// (documented in sheepfs(8)).
-pub const ERRNO_UNFORMATTED: i32 = libc::ENXIO;
+pub(crate) const ERRNO_UNFORMATTED: i32 = libc::ENXIO;
 
 /// The errno a filesystem reports for a client error (a cluster that is not
 /// formatted is EIO here; [`FsError::client`] makes it ENXIO).
@@ -55,7 +55,7 @@ impl FsError {
 
     /// An error that is part of normal operation, such as a lookup of a name
     /// that does not exist (logged at DEBUG only).
-    pub fn quiet(errno: i32, msg: impl Into<String>) -> Self {
+    pub(crate) fn quiet(errno: i32, msg: impl Into<String>) -> Self {
         FsError::new(errno, msg).with_level(Level::DEBUG)
     }
 
@@ -86,7 +86,7 @@ impl FsError {
         }
     }
 
-    pub fn with_level(mut self, level: Level) -> Self {
+    pub(crate) fn with_level(mut self, level: Level) -> Self {
         self.level = level;
         self
     }

@@ -62,7 +62,7 @@ const IGNORED: &[&str] = &[
 
 /// Checks SPEC and returns the sheepfs arguments for it (`-a HOST -p PORT`
 /// or `--socket PATH`).
-pub fn spec_args(spec: &str) -> Result<Vec<String>, String> {
+pub(crate) fn spec_args(spec: &str) -> Result<Vec<String>, String> {
     let addr: SheepAddr = spec
         .parse()
         .map_err(|e| format!("bad sheep address '{spec}': {e} (expected HOST:PORT)"))?;
@@ -76,7 +76,7 @@ pub fn spec_args(spec: &str) -> Result<Vec<String>, String> {
 }
 
 /// Translates a comma-separated option list into sheepfs arguments.
-pub fn option_args(opts: &str) -> Result<Vec<String>, String> {
+pub(crate) fn option_args(opts: &str) -> Result<Vec<String>, String> {
     let mut out: Vec<String> = Vec::new();
     for o in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
         let (key, val) = match o.split_once('=') {
@@ -116,7 +116,7 @@ pub fn option_args(opts: &str) -> Result<Vec<String>, String> {
 /// The whole sheepfs argument list for `mount.sheepfs SPEC DIR -o OPTS`.
 /// `socket=` replaces the address of SPEC (which then only names the
 /// mount).
-pub fn sheepfs_args(spec: &str, dir: &str, opts: &str) -> Result<Vec<String>, String> {
+pub(crate) fn sheepfs_args(spec: &str, dir: &str, opts: &str) -> Result<Vec<String>, String> {
     let o = option_args(opts)?;
     let mut args = if o.iter().any(|a| a == "--socket") {
         Vec::new()
@@ -133,7 +133,7 @@ pub const USAGE: &str = "usage: mount.sheepfs HOST:PORT|unix:PATH DIR [-sfnv] [-
      options: ro, pagecache (or cache), objectcache, cache_size=SIZE, timeout=SECONDS, \
      socket=PATH, allow_other, attach=VDI[:VDI...], fuse_threads=N; see sheepfs(8)";
 
-/// Is a program called by this name (argv[0]) the mount helper
+/// Is a program called by this name (`argv[0]`) the mount helper
 /// (`mount.sheepfs`, `mount.fuse.sheepfs`)?
 pub fn is_helper_name(argv0: &str) -> bool {
     let base = Path::new(argv0)

@@ -25,7 +25,7 @@ pub struct VolumeInfo<'a> {
 }
 
 /// `key: value` lines, stable names, so scripts can `grep`/`awk` them.
-pub fn volume_stats(i: &VolumeInfo<'_>, s: &VolumeStats) -> String {
+pub(crate) fn volume_stats(i: &VolumeInfo<'_>, s: &VolumeStats) -> String {
     let mut o = String::new();
     let snap = match i.sel {
         SnapSel::Working => "-".to_string(),

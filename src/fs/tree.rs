@@ -4,17 +4,17 @@
 use std::time::{Duration, SystemTime};
 
 pub const ROOT: u64 = 1;
-pub const DIR_CLUSTER: u64 = 2;
-pub const DIR_VDI: u64 = 3;
-pub const DIR_NODE: u64 = 4;
-pub const DIR_CONFIG: u64 = 5;
+pub(crate) const DIR_CLUSTER: u64 = 2;
+pub(crate) const DIR_VDI: u64 = 3;
+pub(crate) const DIR_NODE: u64 = 4;
+pub(crate) const DIR_CONFIG: u64 = 5;
 pub const DIR_VOLUME: u64 = 6;
-pub const DIR_STATS: u64 = 7;
+pub(crate) const DIR_STATS: u64 = 7;
 
 /// Volumes get even inode numbers from here, their stats file the odd one
 /// after. Numbers are never reused, so a stale kernel reference to a
 /// detached volume can never reach a newly attached one.
-pub const FIRST_DYNAMIC: u64 = 1 << 16;
+pub(crate) const FIRST_DYNAMIC: u64 = 1 << 16;
 
 /// Files whose content is produced from the cluster on open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ const fn e(ino: u64, parent: u64, name: &'static str, kind: Static) -> Entry {
 use Static::{Control as C, Dir as D, State as S};
 
 /// Every fixed inode. The root's parent is itself.
-pub static ENTRIES: &[Entry] = &[
+pub(crate) static ENTRIES: &[Entry] = &[
     e(ROOT, ROOT, "", D),
     e(DIR_CLUSTER, ROOT, "cluster", D),
     e(DIR_VDI, ROOT, "vdi", D),
@@ -107,17 +107,17 @@ pub fn child(parent: u64, name: &str) -> Option<&'static Entry> {
         .find(|e| e.parent == parent && e.ino != ROOT && e.name == name)
 }
 
-pub fn children(parent: u64) -> impl Iterator<Item = &'static Entry> {
+pub(crate) fn children(parent: u64) -> impl Iterator<Item = &'static Entry> {
     ENTRIES
         .iter()
         .filter(move |e| e.parent == parent && e.ino != ROOT)
 }
 
-pub fn is_volume_ino(ino: u64) -> bool {
+pub(crate) fn is_volume_ino(ino: u64) -> bool {
     ino >= FIRST_DYNAMIC && ino % 2 == 0
 }
 
-pub fn is_stats_ino(ino: u64) -> bool {
+pub(crate) fn is_stats_ino(ino: u64) -> bool {
     ino >= FIRST_DYNAMIC && ino % 2 == 1
 }
 
@@ -151,7 +151,7 @@ impl Attr {
     pub fn blocks(&self) -> u64 {
         self.stored.unwrap_or(self.size).div_ceil(512)
     }
-    pub fn nlink(&self) -> u32 {
+    pub(crate) fn nlink(&self) -> u32 {
         match self.kind {
             Kind::Dir => 2,
             Kind::File => 1,

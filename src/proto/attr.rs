@@ -3,20 +3,30 @@
 use super::bytes::*;
 use super::hash::{fnv1a_64, FNV1A_64_INIT};
 
+/// Size of an attribute object (`struct sheepdog_vdi_attr`).
 pub const SD_ATTR_OBJ_SIZE: usize = 66_320;
+/// Offset of the value in an attribute object.
 pub const ATTR_VALUE_OFFSET: usize = 784;
 
+/// A VDI attribute (`struct sheepdog_vdi_attr`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VdiAttr {
+    /// Name.
     pub name: String,
+    /// Tag.
     pub tag: String,
+    /// Creation time (sheep time: seconds << 32 | nanoseconds).
     pub ctime: u64,
+    /// Snapshot id.
     pub snap_id: u32,
+    /// Attribute key.
     pub key: String,
+    /// Attribute value.
     pub value: Vec<u8>,
 }
 
 impl VdiAttr {
+    /// The wire bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; SD_ATTR_OBJ_SIZE];
         put_str(&mut b, 0, 256, &self.name);
@@ -29,6 +39,7 @@ impl VdiAttr {
         b[ATTR_VALUE_OFFSET..ATTR_VALUE_OFFSET + n].copy_from_slice(&self.value[..n]);
         b
     }
+    /// Reads the wire bytes.
     pub fn decode(b: &[u8]) -> Option<Self> {
         if b.len() < ATTR_VALUE_OFFSET {
             return None;
@@ -48,7 +59,7 @@ impl VdiAttr {
 }
 
 /// First attribute id probed for an attribute payload: FNV-1a over the raw
-/// name[256], tag[256], snap_id (4 bytes) and key[256] fields. A payload
+/// `name[256]`, `tag[256]`, `snap_id` (4 bytes) and `key[256]` fields. A payload
 /// shorter than the structure counts as zero-padded (as sheep pads it).
 pub fn attr_id(payload: &[u8]) -> u32 {
     let mut head = [0u8; ATTR_VALUE_OFFSET];

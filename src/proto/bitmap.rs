@@ -21,6 +21,7 @@ impl std::fmt::Debug for VidBitmap {
 }
 
 impl VidBitmap {
+    /// An empty bitmap.
     pub fn new() -> Self {
         VidBitmap {
             bytes: vec![0u8; VDI_BITMAP_SIZE],
@@ -33,17 +34,21 @@ impl VidBitmap {
         bytes[..n].copy_from_slice(&b[..n]);
         VidBitmap { bytes }
     }
+    /// The bytes of the bitmap.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
+    /// Whether `vid` is set.
     pub fn test(&self, vid: u32) -> bool {
         vid < SD_NR_VDIS && self.bytes[(vid / 8) as usize] & (1 << (vid % 8)) != 0
     }
+    /// Sets `vid`.
     pub fn set(&mut self, vid: u32) {
         if vid < SD_NR_VDIS {
             self.bytes[(vid / 8) as usize] |= 1 << (vid % 8);
         }
     }
+    /// Clears `vid`.
     pub fn clear(&mut self, vid: u32) {
         if vid < SD_NR_VDIS {
             self.bytes[(vid / 8) as usize] &= !(1 << (vid % 8));

@@ -12,8 +12,11 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("truncated {what}: {got} bytes, {need} needed")]
 pub struct Short {
+    /// What was decoded.
     pub what: &'static str,
+    /// Bytes needed.
     pub need: usize,
+    /// Bytes there were.
     pub got: usize,
 }
 
@@ -29,34 +32,42 @@ pub fn need<'a>(b: &'a [u8], n: usize, what: &'static str) -> Result<&'a [u8], S
     Ok(b)
 }
 
+/// Reads a u8 at `off`.
 #[inline]
 pub fn get_u8(b: &[u8], off: usize) -> u8 {
     b[off]
 }
+/// Reads a little-endian u16 at `off`.
 #[inline]
 pub fn get_u16(b: &[u8], off: usize) -> u16 {
     u16::from_le_bytes([b[off], b[off + 1]])
 }
+/// Reads a little-endian u32 at `off`.
 #[inline]
 pub fn get_u32(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
 }
+/// Reads a little-endian u64 at `off`.
 #[inline]
 pub fn get_u64(b: &[u8], off: usize) -> u64 {
     u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
 }
+/// Writes a u8 at `off`.
 #[inline]
 pub fn put_u8(b: &mut [u8], off: usize, v: u8) {
     b[off] = v;
 }
+/// Writes a little-endian u16 at `off`.
 #[inline]
 pub fn put_u16(b: &mut [u8], off: usize, v: u16) {
     b[off..off + 2].copy_from_slice(&v.to_le_bytes());
 }
+/// Writes a little-endian u32 at `off`.
 #[inline]
 pub fn put_u32(b: &mut [u8], off: usize, v: u32) {
     b[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
+/// Writes a little-endian u64 at `off`.
 #[inline]
 pub fn put_u64(b: &mut [u8], off: usize, v: u64) {
     b[off..off + 8].copy_from_slice(&v.to_le_bytes());

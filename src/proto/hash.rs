@@ -1,5 +1,6 @@
 //! The VDI-name hash (64-bit FNV-1a) that places a name in the vid space.
 
+/// FNV-1a 64 offset basis.
 pub const FNV1A_64_INIT: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_64_PRIME: u64 = 0x0100_0000_01b3;
 

@@ -7,23 +7,32 @@
 use super::bytes::*;
 use super::SdRes;
 
+/// Bytes of per-opcode arguments in a request header.
 pub const ARGS_LEN: usize = 32;
+/// Bytes of per-opcode fields in a reply header.
 pub const RSP_ARGS_LEN: usize = 28;
 
 /// Request header (client -> server).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ReqHeader {
+    /// Protocol version.
     pub proto_ver: u8,
+    /// Opcode (`op`).
     pub opcode: u8,
+    /// Flags.
     pub flags: u16,
+    /// Cluster epoch.
     pub epoch: u32,
+    /// Request id (echoed in the reply).
     pub id: u32,
+    /// Payload bytes (request) or reply data bytes.
     pub data_length: u32,
     /// Bytes 16..48.
     pub args: [u8; ARGS_LEN],
 }
 
 impl ReqHeader {
+    /// A header of `opcode`, everything else 0.
     pub fn new(proto_ver: u8, opcode: u8) -> Self {
         ReqHeader {
             proto_ver,
@@ -43,6 +52,7 @@ impl ReqHeader {
         ReqHeader::new(ver, opcode)
     }
 
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; 48] {
         let mut b = [0u8; 48];
         put_u8(&mut b, 0, self.proto_ver);
@@ -55,6 +65,7 @@ impl ReqHeader {
         b
     }
 
+    /// Reads the wire bytes.
     pub fn decode(b: &[u8; 48]) -> Self {
         let mut args = [0u8; ARGS_LEN];
         args.copy_from_slice(&b[16..48]);
@@ -78,12 +89,19 @@ impl ReqHeader {
 /// Response header (server -> client).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct RspHeader {
+    /// Protocol version.
     pub proto_ver: u8,
+    /// Opcode (`op`).
     pub opcode: u8,
+    /// Flags.
     pub flags: u16,
+    /// Cluster epoch.
     pub epoch: u32,
+    /// Request id (echoed in the reply).
     pub id: u32,
+    /// Payload bytes (request) or reply data bytes.
     pub data_length: u32,
+    /// The result code.
     pub result: u32,
     /// Bytes 20..48.
     pub args: [u8; RSP_ARGS_LEN],
@@ -101,10 +119,12 @@ impl RspHeader {
         }
     }
 
+    /// The result code.
     pub fn result(&self) -> SdRes {
         SdRes(self.result)
     }
 
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; 48] {
         let mut b = [0u8; 48];
         put_u8(&mut b, 0, self.proto_ver);
@@ -118,6 +138,7 @@ impl RspHeader {
         b
     }
 
+    /// Reads the wire bytes.
     pub fn decode(b: &[u8; 48]) -> Self {
         let mut args = [0u8; RSP_ARGS_LEN];
         args.copy_from_slice(&b[20..48]);
@@ -145,16 +166,24 @@ fn rsp(off: usize) -> usize {
 /// `obj` request union: object I/O.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ObjArgs {
+    /// Object id.
     pub oid: u64,
+    /// Object copied on write from (0: none).
     pub cow_oid: u64,
+    /// Number of copies.
     pub copies: u8,
+    /// Erasure-coding policy (0: replication).
     pub copy_policy: u8,
+    /// Erasure-coded strip index.
     pub ec_index: u8,
+    /// Epoch the request is for.
     pub tgt_epoch: u32,
+    /// Byte offset in the object.
     pub offset: u32,
 }
 
 impl ObjArgs {
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; ARGS_LEN] {
         let mut a = [0u8; ARGS_LEN];
         put_u64(&mut a, req(16), self.oid);
@@ -166,6 +195,7 @@ impl ObjArgs {
         put_u32(&mut a, req(40), self.offset);
         a
     }
+    /// Reads the wire bytes.
     pub fn decode(a: &[u8; ARGS_LEN]) -> Self {
         ObjArgs {
             oid: get_u64(a, req(16)),
@@ -182,18 +212,26 @@ impl ObjArgs {
 /// `vdi` request union: NEW_VDI, LOCK_VDI, RELEASE_VDI, GET_VDI_INFO, DEL_VDI, GET_VDI_ATTR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VdiArgs {
+    /// VDI size in bytes.
     pub vdi_size: u64,
     /// NEW_VDI: parent vid; RELEASE_VDI: the vid to unlock.
     pub base_vdi_id: u32,
+    /// Number of copies.
     pub copies: u8,
+    /// Erasure-coding policy (0: replication).
     pub copy_policy: u8,
+    /// Inode map layout: 0 flat, 1 B-tree (hyper volume).
     pub store_policy: u8,
+    /// Object size shift (object size = 1 << shift).
     pub block_size_shift: u8,
+    /// Snapshot id (0: none).
     pub snapid: u32,
+    /// Lock type (`LOCK_TYPE_NORMAL` or `LOCK_TYPE_SHARED`).
     pub lock_type: u32,
 }
 
 impl VdiArgs {
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; ARGS_LEN] {
         let mut a = [0u8; ARGS_LEN];
         put_u64(&mut a, req(16), self.vdi_size);
@@ -206,6 +244,7 @@ impl VdiArgs {
         put_u32(&mut a, req(36), self.lock_type);
         a
     }
+    /// Reads the wire bytes.
     pub fn decode(a: &[u8; ARGS_LEN]) -> Self {
         VdiArgs {
             vdi_size: get_u64(a, req(16)),
@@ -223,17 +262,26 @@ impl VdiArgs {
 /// `cluster` request union: MAKE_FS, STAT_CLUSTER, ALTER_CLUSTER_COPY.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ClusterArgs {
+    /// Object id.
     pub oid: u64,
+    /// Creation time (sheep time: seconds << 32 | nanoseconds).
     pub ctime: u64,
+    /// Number of copies.
     pub copies: u8,
+    /// Erasure-coding policy (0: replication).
     pub copy_policy: u8,
+    /// Flags.
     pub flags: u16,
+    /// Tag.
     pub tag: u32,
+    /// Node slots per epoch record in the reply.
     pub nodes_nr: u32,
+    /// Object size shift (object size = 1 << shift).
     pub block_size_shift: u8,
 }
 
 impl ClusterArgs {
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; ARGS_LEN] {
         let mut a = [0u8; ARGS_LEN];
         put_u64(&mut a, req(16), self.oid);
@@ -246,6 +294,7 @@ impl ClusterArgs {
         put_u8(&mut a, req(44), self.block_size_shift);
         a
     }
+    /// Reads the wire bytes.
     pub fn decode(a: &[u8; ARGS_LEN]) -> Self {
         ClusterArgs {
             oid: get_u64(a, req(16)),
@@ -263,15 +312,22 @@ impl ClusterArgs {
 /// `vdi_state` request union: NOTIFY_VDI_ADD, ALTER_VDI_COPY.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VdiStateArgs {
+    /// The previous vid.
     pub old_vid: u32,
+    /// The new vid.
     pub new_vid: u32,
+    /// Number of copies.
     pub copies: u8,
+    /// Whether to set the vid in the in-use bitmap.
     pub set_bitmap: u8,
+    /// Erasure-coding policy (0: replication).
     pub copy_policy: u8,
+    /// Object size shift (object size = 1 << shift).
     pub block_size_shift: u8,
 }
 
 impl VdiStateArgs {
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; ARGS_LEN] {
         let mut a = [0u8; ARGS_LEN];
         put_u32(&mut a, req(16), self.old_vid);
@@ -282,6 +338,7 @@ impl VdiStateArgs {
         put_u8(&mut a, req(27), self.block_size_shift);
         a
     }
+    /// Reads the wire bytes.
     pub fn decode(a: &[u8; ARGS_LEN]) -> Self {
         VdiStateArgs {
             old_vid: get_u32(a, req(16)),
@@ -297,13 +354,18 @@ impl VdiStateArgs {
 /// `vdi` response union.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct VdiRsp {
+    /// The VDI id.
     pub vdi_id: u32,
+    /// Attribute id (the attribute object is `vid_to_attr_oid(vdi_id, attr_id)`).
     pub attr_id: u32,
+    /// Number of copies.
     pub copies: u8,
+    /// Object size shift (object size = 1 << shift).
     pub block_size_shift: u8,
 }
 
 impl VdiRsp {
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; RSP_ARGS_LEN] {
         let mut a = [0u8; RSP_ARGS_LEN];
         put_u32(&mut a, rsp(24), self.vdi_id);
@@ -312,6 +374,7 @@ impl VdiRsp {
         put_u8(&mut a, rsp(33), self.block_size_shift);
         a
     }
+    /// Reads the wire bytes.
     pub fn decode(a: &[u8; RSP_ARGS_LEN]) -> Self {
         VdiRsp {
             vdi_id: get_u32(a, rsp(24)),
@@ -325,12 +388,16 @@ impl VdiRsp {
 /// `node` response union: GET_NODE_LIST, STAT_SHEEP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NodeRsp {
+    /// Number of nodes.
     pub nr_nodes: u32,
+    /// Store size in bytes.
     pub store_size: u64,
+    /// Free store bytes.
     pub store_free: u64,
 }
 
 impl NodeRsp {
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; RSP_ARGS_LEN] {
         let mut a = [0u8; RSP_ARGS_LEN];
         put_u32(&mut a, rsp(20), self.nr_nodes);
@@ -338,6 +405,7 @@ impl NodeRsp {
         put_u64(&mut a, rsp(40), self.store_free);
         a
     }
+    /// Reads the wire bytes.
     pub fn decode(a: &[u8; RSP_ARGS_LEN]) -> Self {
         NodeRsp {
             nr_nodes: get_u32(a, rsp(20)),
@@ -350,17 +418,21 @@ impl NodeRsp {
 /// `obj` response union (only `offset` is meaningful, on peer reads).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ObjRsp {
+    /// Number of copies.
     pub copies: u8,
+    /// Byte offset in the object.
     pub offset: u64,
 }
 
 impl ObjRsp {
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; RSP_ARGS_LEN] {
         let mut a = [0u8; RSP_ARGS_LEN];
         put_u8(&mut a, rsp(20), self.copies);
         put_u64(&mut a, rsp(24), self.offset);
         a
     }
+    /// Reads the wire bytes.
     pub fn decode(a: &[u8; RSP_ARGS_LEN]) -> Self {
         ObjRsp {
             copies: get_u8(a, rsp(20)),
@@ -372,15 +444,18 @@ impl ObjRsp {
 /// `hash` response union: GET_HASH.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct HashRsp {
+    /// SHA-1 digest.
     pub digest: [u8; 20],
 }
 
 impl HashRsp {
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; RSP_ARGS_LEN] {
         let mut a = [0u8; RSP_ARGS_LEN];
         a[rsp(24)..rsp(44)].copy_from_slice(&self.digest);
         a
     }
+    /// Reads the wire bytes.
     pub fn decode(a: &[u8; RSP_ARGS_LEN]) -> Self {
         let mut digest = [0u8; 20];
         digest.copy_from_slice(&a[rsp(24)..rsp(44)]);
@@ -391,12 +466,16 @@ impl HashRsp {
 /// `cluster_default` response union: GET_CLUSTER_DEFAULT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ClusterDefaultRsp {
+    /// Number of copies.
     pub nr_copies: u8,
+    /// Erasure-coding policy (0: replication).
     pub copy_policy: u8,
+    /// Object size shift (object size = 1 << shift).
     pub block_size_shift: u8,
 }
 
 impl ClusterDefaultRsp {
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; RSP_ARGS_LEN] {
         let mut a = [0u8; RSP_ARGS_LEN];
         put_u8(&mut a, rsp(20), self.nr_copies);
@@ -404,6 +483,7 @@ impl ClusterDefaultRsp {
         put_u8(&mut a, rsp(22), self.block_size_shift);
         a
     }
+    /// Reads the wire bytes.
     pub fn decode(a: &[u8; RSP_ARGS_LEN]) -> Self {
         ClusterDefaultRsp {
             nr_copies: get_u8(a, rsp(20)),

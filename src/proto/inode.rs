@@ -3,20 +3,27 @@
 use super::bytes::*;
 use std::collections::BTreeMap;
 
+/// Size of an inode object.
 pub const SD_INODE_SIZE: usize = 12_587_576;
+/// Size of the inode header (before `data_vdi_id[]`).
 pub const SD_INODE_HEADER_SIZE: usize = 4664;
 /// Offset of `data_vdi_id[]`.
 pub const DATA_VDI_ID_OFFSET: usize = SD_INODE_HEADER_SIZE;
 /// Entries in the flat `data_vdi_id[]` array.
 pub const SD_INODE_DATA_INDEX: usize = 1 << 20;
+/// Bytes of `data_vdi_id[]`.
 pub const SD_INODE_DATA_INDEX_SIZE: usize = 4 * SD_INODE_DATA_INDEX;
 /// Offset of `gref[]`; also the "inode without gref" prefix QEMU/tgt read.
 pub const GREF_OFFSET: usize = DATA_VDI_ID_OFFSET + SD_INODE_DATA_INDEX_SIZE;
+/// Bytes of an inode without `gref[]`.
 pub const INODE_WITHOUT_GREF: usize = GREF_OFFSET;
 /// Bytes dog reads for listings: header + B-tree header.
 pub const INODE_LIST_READ: usize = SD_INODE_HEADER_SIZE + 8;
+/// Offset of `btree_counter` in the inode.
 pub const BTREE_COUNTER_OFFSET: usize = 568;
+/// Offset of `snap_ctime` in the inode.
 pub const SNAP_CTIME_OFFSET: usize = 520;
+/// Offset of `tag` in the inode.
 pub const TAG_OFFSET: usize = 256;
 /// Bytes sheep compares during lookup (name .. vdi_id).
 pub const LOOKUP_READ: usize = 568;
@@ -41,24 +48,41 @@ pub fn count_data_objs(vdi_size: u64, block_size_shift: u8) -> u64 {
 /// read-modify-write of the header preserves whatever is there.
 #[derive(Clone, PartialEq, Eq)]
 pub struct InodeHeader {
+    /// Name.
     pub name: String,
+    /// Tag.
     pub tag: String,
+    /// Creation time (sheep time).
     pub create_time: u64,
+    /// When it became a snapshot (0: working VDI).
     pub snap_ctime: u64,
+    /// VM clock at snapshot (QEMU).
     pub vm_clock_nsec: u64,
+    /// VDI size in bytes.
     pub vdi_size: u64,
+    /// VM state size (QEMU).
     pub vm_state_size: u64,
+    /// Erasure-coding policy (0: replication).
     pub copy_policy: u8,
+    /// Inode map layout: 0 flat, 1 B-tree (hyper volume).
     pub store_policy: u8,
+    /// Number of copies.
     pub nr_copies: u8,
+    /// Object size shift (object size = 1 << shift).
     pub block_size_shift: u8,
+    /// Snapshot id.
     pub snap_id: u32,
+    /// The VDI id.
     pub vdi_id: u32,
+    /// Parent VDI (0: none).
     pub parent_vdi_id: u32,
+    /// Next B-tree node id (hyper volumes).
     pub btree_counter: u32,
     /// Raw bytes 0..256 and 256..512 as read (names may not be UTF-8).
     pub raw_name: [u8; 256],
+    /// The tag field as stored (256 bytes).
     pub raw_tag: [u8; 256],
+    /// The rest of the header as stored, kept so rewrites preserve it.
     pub unused: Box<[u8]>,
 }
 
@@ -148,6 +172,7 @@ impl InodeHeader {
         b
     }
 
+    /// Writes the wire bytes into `b`.
     pub fn encode_into(&self, b: &mut [u8]) {
         if get_str(&self.raw_name, 0, 256) == self.name {
             b[0..256].copy_from_slice(&self.raw_name);
@@ -175,6 +200,7 @@ impl InodeHeader {
         b[572..SD_INODE_HEADER_SIZE].copy_from_slice(&self.unused);
     }
 
+    /// Whether the VDI is a snapshot.
     pub fn is_snapshot(&self) -> bool {
         self.snap_ctime != 0
     }
@@ -182,15 +208,19 @@ impl InodeHeader {
     pub fn is_deleted(&self) -> bool {
         self.raw_name[0] == 0
     }
+    /// Whether the VDI is a clone (has a parent and is not a snapshot).
     pub fn is_clone(&self) -> bool {
         !self.is_snapshot() && self.snap_id == 1 && self.parent_vdi_id != 0
     }
+    /// The object size in bytes.
     pub fn object_size(&self) -> u64 {
         object_size(self.block_size_shift)
     }
+    /// Data objects the size covers.
     pub fn nr_objs(&self) -> u64 {
         count_data_objs(self.vdi_size, self.block_size_shift)
     }
+    /// Whether the map is a B-tree.
     pub fn is_hyper(&self) -> bool {
         self.store_policy == 1
     }
@@ -199,22 +229,30 @@ impl InodeHeader {
 // ---------------------------------------------------------------------------
 // B-tree map (store_policy = 1)
 
+/// Magic of a B-tree node header.
 pub const INODE_BTREE_MAGIC: u16 = 0x6274;
+/// Size of a B-tree node header.
 pub const BTREE_HEADER_SIZE: usize = 8;
+/// Size of a B-tree node object.
 pub const BTREE_NODE_SIZE: usize = SD_INODE_DATA_INDEX_SIZE;
 /// Max leaf entries (`sd_index`, 8 bytes) in one node.
 pub const BTREE_MAX_INDEX: usize = (BTREE_NODE_SIZE - BTREE_HEADER_SIZE) / 8;
 /// Max indirect entries (`sd_indirect_idx`, 16 bytes) in one node.
 pub const BTREE_MAX_INDIRECT: usize = (BTREE_NODE_SIZE - BTREE_HEADER_SIZE) / 16;
 
+/// The header of a B-tree node (`struct sd_index_header`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BtreeHeader {
+    /// `INODE_BTREE_MAGIC`.
     pub magic: u16,
+    /// Tree depth (1 or 2).
     pub depth: u16,
+    /// Number of entries.
     pub entries: u32,
 }
 
 impl BtreeHeader {
+    /// Reads the wire bytes.
     pub fn decode(b: &[u8]) -> Result<Self, BtreeError> {
         if b.len() < BTREE_HEADER_SIZE {
             return Err(BtreeError::Truncated);
@@ -225,6 +263,7 @@ impl BtreeHeader {
             entries: get_u32(b, 4),
         })
     }
+    /// Writes the wire bytes into `b`.
     pub fn encode_into(&self, b: &mut [u8]) {
         put_u16(b, 0, self.magic);
         put_u16(b, 2, self.depth);
@@ -235,14 +274,19 @@ impl BtreeHeader {
 /// Why a B-tree node could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BtreeError {
+    /// A node whose magic is not `INODE_BTREE_MAGIC`.
     #[error("B-tree node has bad magic {0:#x}")]
     BadMagic(u16),
+    /// A depth other than 1 or 2.
     #[error("B-tree node has unsupported depth {0}")]
     BadDepth(u16),
+    /// More entries than a node holds.
     #[error("B-tree node claims {0} entries, more than fit")]
     TooManyEntries(u32),
+    /// Fewer bytes than a node header.
     #[error("B-tree node is truncated")]
     Truncated,
+    /// An insert into a full tree.
     #[error("B-tree is full")]
     Full,
 }
@@ -334,7 +378,9 @@ pub struct Btree {
     pub root_leaf: Vec<(u32, u32)>,
     /// Depth 2: the root holds `(max idx, leaf oid)`; leaves are loaded separately.
     pub root_indirect: Vec<(u32, u64)>,
+    /// Depth 2: the loaded leaves by oid.
     pub leaves: BTreeMap<u64, Vec<(u32, u32)>>,
+    /// Tree depth (1 or 2).
     pub depth: u16,
 }
 
@@ -384,11 +430,13 @@ impl Btree {
         }
     }
 
+    /// Adds a leaf node read from `oid`.
     pub fn add_leaf(&mut self, oid: u64, node: &[u8]) -> Result<(), BtreeError> {
         self.leaves.insert(oid, parse_leaf(node)?);
         Ok(())
     }
 
+    /// The root node as stored after the header.
     pub fn encode_root(&self) -> Vec<u8> {
         match self.depth {
             2 => encode_indirect(&self.root_indirect),
@@ -396,10 +444,12 @@ impl Btree {
         }
     }
 
+    /// The leaf node `oid` as stored.
     pub fn encode_leaf_node(&self, oid: u64) -> Option<Vec<u8>> {
         self.leaves.get(&oid).map(|e| encode_leaf(e))
     }
 
+    /// The vid owning object `idx` (0: none).
     pub fn get(&self, idx: u32) -> u32 {
         let find = |v: &Vec<(u32, u32)>| {
             v.binary_search_by_key(&idx, |e| e.0)

@@ -3,23 +3,34 @@
 use super::bytes::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// Size of `struct sd_node`.
 pub const SD_NODE_SIZE: usize = 80;
+/// Size of an epoch record without its nodes.
 pub const EPOCH_LOG_SIZE: usize = 48;
+/// Size of `struct cluster_info`.
 pub const CLUSTER_INFO_SIZE: usize = 48 + super::SD_MAX_NODES * SD_NODE_SIZE;
+/// Size of `struct vdi_state`.
 pub const VDI_STATE_SIZE: usize = 1428;
+/// Size of `struct node_id`.
 pub const NODE_ID_SIZE: usize = 40;
+/// Most holders of a shared lock.
 pub const SD_MAX_PARTICIPANTS: usize = 31;
 
 /// `struct node_id`: address and port (plus optional I/O address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct NodeId {
+    /// IPv6 or IPv4-mapped address.
     pub addr: [u8; 16],
+    /// Port.
     pub port: u16,
+    /// Address of the I/O network (unused: zeros).
     pub io_addr: [u8; 16],
+    /// Port of the I/O network.
     pub io_port: u16,
 }
 
 impl NodeId {
+    /// The node id of `ip:port`.
     pub fn new(ip: IpAddr, port: u16) -> Self {
         NodeId {
             addr: addr_to_bytes(ip),
@@ -27,6 +38,7 @@ impl NodeId {
             ..Default::default()
         }
     }
+    /// Reads the wire bytes.
     pub fn decode(b: &[u8]) -> Result<Self, Short> {
         let b = need(b, NODE_ID_SIZE, "node_id")?;
         let mut addr = [0u8; 16];
@@ -40,6 +52,7 @@ impl NodeId {
             io_port: get_u16(b, 34),
         })
     }
+    /// Writes the wire bytes into `b`.
     pub fn encode_into(&self, b: &mut [u8]) {
         b[0..16].copy_from_slice(&self.addr);
         put_u16(b, 16, self.port);
@@ -47,6 +60,7 @@ impl NodeId {
         put_u16(b, 34, self.io_port);
         b[34 + 2..40].fill(0);
     }
+    /// The IP address.
     pub fn ip(&self) -> IpAddr {
         bytes_to_addr(&self.addr)
     }
@@ -68,6 +82,7 @@ pub fn addr_to_bytes(ip: IpAddr) -> [u8; 16] {
     }
 }
 
+/// An address field as an IP address.
 pub fn bytes_to_addr(a: &[u8; 16]) -> IpAddr {
     if a[..12].iter().all(|&b| b == 0) && a[12] != 0 {
         IpAddr::V4(Ipv4Addr::new(a[12], a[13], a[14], a[15]))
@@ -84,13 +99,18 @@ pub fn addr_text(a: &[u8; 16]) -> String {
 /// `struct sd_node` (80 bytes, default build).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SdNode {
+    /// Address.
     pub nid: NodeId,
+    /// Virtual nodes.
     pub nr_vnodes: u16,
+    /// Failure zone.
     pub zone: u32,
+    /// Store size in bytes.
     pub space: u64,
 }
 
 impl SdNode {
+    /// Reads the wire bytes.
     pub fn decode(b: &[u8]) -> Result<Self, Short> {
         let b = need(b, SD_NODE_SIZE, "sd_node")?;
         Ok(SdNode {
@@ -100,6 +120,7 @@ impl SdNode {
             space: get_u64(b, 72),
         })
     }
+    /// Writes the wire bytes into `b`.
     pub fn encode_into(&self, b: &mut [u8]) {
         b[..SD_NODE_SIZE].fill(0);
         self.nid.encode_into(&mut b[24..64]);
@@ -107,6 +128,7 @@ impl SdNode {
         put_u32(b, 68, self.zone);
         put_u64(b, 72, self.space);
     }
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; SD_NODE_SIZE] {
         let mut b = [0u8; SD_NODE_SIZE];
         self.encode_into(&mut b);
@@ -121,14 +143,23 @@ impl SdNode {
 /// `struct epoch_log` header (48 bytes) plus its nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EpochLog {
+    /// Creation time (sheep time: seconds << 32 | nanoseconds).
     pub ctime: u64,
+    /// Time of the epoch change.
     pub time: u64,
+    /// Cluster epoch.
     pub epoch: u32,
+    /// Recovery disabled.
     pub disable_recovery: u8,
+    /// Number of copies.
     pub nr_copies: u8,
+    /// Erasure-coding policy (0: replication).
     pub copy_policy: u8,
+    /// Flags.
     pub flags: u16,
+    /// Cluster driver name.
     pub drv_name: String,
+    /// Nodes.
     pub nodes: Vec<SdNode>,
 }
 
@@ -182,20 +213,32 @@ impl EpochLog {
 /// `struct cluster_info` (491,568 bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClusterInfo {
+    /// Protocol version.
     pub proto_ver: u8,
+    /// Recovery disabled.
     pub disable_recovery: u8,
+    /// Cluster epoch.
     pub epoch: u32,
+    /// Creation time (sheep time: seconds << 32 | nanoseconds).
     pub ctime: u64,
+    /// Flags.
     pub flags: u16,
+    /// Number of copies.
     pub nr_copies: u8,
+    /// Erasure-coding policy (0: replication).
     pub copy_policy: u8,
+    /// Cluster status (`cluster_status`).
     pub status: u8,
+    /// Object size shift (object size = 1 << shift).
     pub block_size_shift: u8,
+    /// Backend store name.
     pub default_store: String,
+    /// Nodes.
     pub nodes: Vec<SdNode>,
 }
 
 impl ClusterInfo {
+    /// The wire bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; CLUSTER_INFO_SIZE];
         put_u8(&mut b, 0, self.proto_ver);
@@ -215,6 +258,7 @@ impl ClusterInfo {
         }
         b
     }
+    /// Reads the wire bytes.
     pub fn decode(b: &[u8]) -> Option<Self> {
         if b.len() < 48 {
             return None;
@@ -241,25 +285,40 @@ impl ClusterInfo {
 /// `struct vdi_state` (GET_VDI_COPIES element, 1,428 bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct VdiState {
+    /// VDI id.
     pub vid: u32,
+    /// Number of copies.
     pub nr_copies: u8,
+    /// Whether it is a snapshot.
     pub snapshot: u8,
+    /// Whether it is deleted.
     pub deleted: u8,
+    /// Erasure-coding policy (0: replication).
     pub copy_policy: u8,
+    /// Object size shift (object size = 1 << shift).
     pub block_size_shift: u8,
+    /// Parent VDI (0: none).
     pub parent_vid: u32,
+    /// Lock states of `VdiState::lock_state`.
     pub lock_state: u32,
+    /// Node holding the lock.
     pub lock_owner: NodeId,
+    /// Shared lock holders: (state, node).
     pub participants: Vec<(u32, NodeId)>,
 }
 
+/// Lock states of `VdiState::lock_state`.
 pub mod lock_state {
+    /// Not locked.
     pub const UNLOCKED: u32 = 1;
+    /// Locked by one client.
     pub const LOCKED: u32 = 2;
+    /// Locked shared.
     pub const SHARED: u32 = 3;
 }
 
 impl VdiState {
+    /// The wire bytes.
     pub fn encode(&self) -> [u8; VDI_STATE_SIZE] {
         let mut b = [0u8; VDI_STATE_SIZE];
         put_u32(&mut b, 0, self.vid);
@@ -280,6 +339,7 @@ impl VdiState {
         }
         b
     }
+    /// Reads the wire bytes.
     pub fn decode(b: &[u8]) -> Option<Self> {
         if b.len() < VDI_STATE_SIZE {
             return None;

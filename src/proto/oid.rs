@@ -1,53 +1,73 @@
 //! Object ids: `vid << 32 | idx` plus type bits.
 
+/// Bits of the index part of an oid.
 pub const VDI_SPACE_SHIFT: u32 = 32;
+/// Type bit of inodes.
 pub const VDI_BIT: u64 = 1 << 63;
+/// Type bit of VM state objects.
 pub const VMSTATE_BIT: u64 = 1 << 62;
+/// Type bit of attribute objects.
 pub const VDI_ATTR_BIT: u64 = 1 << 61;
+/// Type bit of B-tree nodes.
 pub const VDI_BTREE_BIT: u64 = 1 << 60;
+/// Type bit of ledger objects.
 pub const LEDGER_BIT: u64 = 1 << 59;
 const TYPE_BITS: u64 = VDI_BIT | VMSTATE_BIT | VDI_ATTR_BIT | VDI_BTREE_BIT | LEDGER_BIT;
 const VID_MASK: u64 = 0xFF_FFFF;
 
+/// Data object `idx` of `vid`.
 pub fn vid_to_data_oid(vid: u32, idx: u32) -> u64 {
     ((vid as u64 & VID_MASK) << VDI_SPACE_SHIFT) | idx as u64
 }
+/// The inode object of `vid`.
 pub fn vid_to_vdi_oid(vid: u32) -> u64 {
     VDI_BIT | ((vid as u64 & VID_MASK) << VDI_SPACE_SHIFT)
 }
+/// VM state object `idx` of `vid`.
 pub fn vid_to_vmstate_oid(vid: u32, idx: u32) -> u64 {
     VMSTATE_BIT | vid_to_data_oid(vid, idx)
 }
+/// Attribute object `attr_id` of `vid`.
 pub fn vid_to_attr_oid(vid: u32, attr_id: u32) -> u64 {
     VDI_ATTR_BIT | vid_to_data_oid(vid, attr_id)
 }
+/// B-tree node object `btree_id` of `vid`.
 pub fn vid_to_btree_oid(vid: u32, btree_id: u32) -> u64 {
     VDI_BTREE_BIT | vid_to_data_oid(vid, btree_id)
 }
+/// The ledger object of a data object.
 pub fn oid_to_ledger_oid(data_oid: u64) -> u64 {
     LEDGER_BIT | data_oid
 }
+/// The VDI of an object.
 pub fn oid_to_vid(oid: u64) -> u32 {
     ((oid >> VDI_SPACE_SHIFT) & VID_MASK) as u32
 }
+/// The index of an object in its VDI.
 pub fn oid_to_idx(oid: u64) -> u32 {
     oid as u32
 }
+/// Whether `oid` is a data object.
 pub fn is_data_obj(oid: u64) -> bool {
     oid & TYPE_BITS == 0
 }
+/// Whether `oid` is an inode.
 pub fn is_vdi_obj(oid: u64) -> bool {
     oid & VDI_BIT != 0
 }
+/// Whether `oid` is a VM state object.
 pub fn is_vmstate_obj(oid: u64) -> bool {
     oid & VMSTATE_BIT != 0
 }
+/// Whether `oid` is an attribute object.
 pub fn is_attr_obj(oid: u64) -> bool {
     oid & VDI_ATTR_BIT != 0
 }
+/// Whether `oid` is a B-tree node.
 pub fn is_btree_obj(oid: u64) -> bool {
     oid & VDI_BTREE_BIT != 0
 }
+/// Whether `oid` is a ledger object.
 pub fn is_ledger_obj(oid: u64) -> bool {
     oid & LEDGER_BIT != 0
 }
@@ -55,14 +75,21 @@ pub fn is_ledger_obj(oid: u64) -> bool {
 /// Which kind of object an oid names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjKind {
+    /// A data object of a VDI.
     Data,
+    /// A VDI's inode.
     Inode,
+    /// A VM state object (QEMU snapshots).
     Vmstate,
+    /// A VDI attribute.
     Attr,
+    /// A B-tree node of a hyper volume's map.
     Btree,
+    /// A ledger object (reference counts).
     Ledger,
 }
 
+/// Which kind of object `oid` names.
 pub fn kind(oid: u64) -> ObjKind {
     if is_vdi_obj(oid) {
         ObjKind::Inode

@@ -9,7 +9,10 @@ pub struct SdRes(pub u32);
 macro_rules! results {
     ($($name:ident = $val:expr, $msg:expr;)*) => {
         impl SdRes {
-            $(pub const $name: SdRes = SdRes($val);)*
+            $(
+                #[doc = concat!("`SD_RES_", stringify!($name), "`.")]
+                pub const $name: SdRes = SdRes($val);
+            )*
 
             /// The `SD_RES_` suffix, e.g. `NO_VDI`.
             pub fn name(self) -> Option<&'static str> {
@@ -84,6 +87,7 @@ results! {
 }
 
 impl SdRes {
+    /// Whether this is `SUCCESS`.
     pub fn is_success(self) -> bool {
         self == SdRes::SUCCESS
     }

@@ -113,7 +113,7 @@ impl Config {
 
 /// The address and node record advertised for a bind address and port:
 /// unspecified addresses advertise 127.0.0.1.
-pub fn advertised_node(bind: IpAddr, port: u16) -> SdNode {
+pub(crate) fn advertised_node(bind: IpAddr, port: u16) -> SdNode {
     let ip = if bind.is_unspecified() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {

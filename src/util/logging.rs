@@ -130,7 +130,7 @@ impl<'a> MakeWriter<'a> for Syslog {
 }
 
 /// Lines kept by a [`LogRing`] by default.
-pub const RING_LINES: usize = 256;
+pub(crate) const RING_LINES: usize = 256;
 /// Longest line kept (longer ones are cut), so the ring stays bounded.
 const RING_LINE_MAX: usize = 1024;
 
@@ -150,6 +150,7 @@ impl Default for LogRing {
 }
 
 impl LogRing {
+    /// A ring keeping the last `cap` lines (at least one).
     pub fn new(cap: usize) -> LogRing {
         LogRing {
             lines: Arc::new(Mutex::new(VecDeque::with_capacity(cap.min(64)))),

@@ -8,7 +8,7 @@ pub mod notify;
 /// The variable that makes a clap binary print its shell completion script
 /// (`SHEEPFS_COMPLETIONS=bash sheepfs`; used by scripts/install).
 #[cfg(feature = "cli")]
-pub const COMPLETIONS_ENV: &str = "SHEEPFS_COMPLETIONS";
+pub(crate) const COMPLETIONS_ENV: &str = "SHEEPFS_COMPLETIONS";
 
 /// If `$SHEEPFS_COMPLETIONS` names a shell (bash, zsh, fish, elvish,
 /// powershell), prints the completion script of `C` for `bin` and exits.
