@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -320,12 +320,16 @@ impl BlockBackend for MemBackend {
 #[derive(Default)]
 pub struct OrderLock {
     inner: Mutex<OrderInner>,
+    /// Woken when a reservation is dropped while another waits.
+    released: Notify,
 }
 
 #[derive(Default)]
 struct OrderInner {
     next: u64,
     held: Vec<Held>,
+    /// Reservations waiting in [`Reservation::ready`].
+    waiting: usize,
 }
 
 struct Held {
@@ -333,28 +337,26 @@ struct Held {
     start: u64,
     end: u64,
     write: bool,
-    done: watch::Receiver<()>,
 }
 
 /// A place in the order; dropping it lets later overlapping commands run.
 pub struct Reservation {
     lock: Arc<OrderLock>,
     id: u64,
-    waits: Vec<watch::Receiver<()>>,
-    _done: watch::Sender<()>,
+    /// The earlier conflicting reservations.
+    waits: Vec<u64>,
 }
 
 impl OrderLock {
     /// Reserves `[start, end)`; `write` = the command modifies it.
     /// `u64::MAX` as end makes a barrier over the whole disk.
     pub fn reserve(self: &Arc<Self>, start: u64, end: u64, write: bool) -> Reservation {
-        let (tx, rx) = watch::channel(());
         let mut g = self.inner.lock();
         let waits = g
             .held
             .iter()
             .filter(|h| (h.write || write) && h.start < end && start < h.end)
-            .map(|h| h.done.clone())
+            .map(|h| h.id)
             .collect();
         g.next += 1;
         let id = g.next;
@@ -363,13 +365,11 @@ impl OrderLock {
             start,
             end,
             write,
-            done: rx,
         });
         Reservation {
             lock: self.clone(),
             id,
             waits,
-            _done: tx,
         }
     }
 
@@ -381,19 +381,48 @@ impl OrderLock {
 impl Reservation {
     /// Waits until every earlier conflicting command has finished.
     pub async fn ready(&mut self) {
-        for w in self.waits.iter_mut() {
-            // Err = the sender was dropped, i.e. that command finished.
-            while w.changed().await.is_ok() {}
+        while !self.waits.is_empty() {
+            let woken = self.lock.released.notified();
+            tokio::pin!(woken);
+            // Registered before the check: a release after it wakes us.
+            woken.as_mut().enable();
+            {
+                let mut g = self.lock.inner.lock();
+                self.waits.retain(|w| g.held.iter().any(|h| h.id == *w));
+                if self.waits.is_empty() {
+                    return;
+                }
+                // Counted in the same critical section as the check, so a
+                // release after it notifies.
+                g.waiting += 1;
+            }
+            let _counted = Waiting(&self.lock);
+            woken.await;
         }
-        self.waits.clear();
+    }
+}
+
+/// One reservation counted as waiting; uncounted when dropped (also when
+/// the waiting future is).
+struct Waiting<'a>(&'a OrderLock);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.inner.lock().waiting -= 1;
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        let mut g = self.lock.inner.lock();
-        if let Some(i) = g.held.iter().position(|h| h.id == self.id) {
-            g.held.swap_remove(i);
+        let notify = {
+            let mut g = self.lock.inner.lock();
+            if let Some(i) = g.held.iter().position(|h| h.id == self.id) {
+                g.held.swap_remove(i);
+            }
+            g.waiting > 0
+        };
+        if notify {
+            self.lock.released.notify_waiters();
         }
     }
 }
@@ -606,7 +635,10 @@ mod tests {
         c.ready().await;
         let mut bf = Box::pin(b.ready());
         assert!(futures_poll_once(&mut bf).await.is_none());
+        assert_eq!(l.inner.lock().waiting, 1);
         drop(bf);
+        // A wait given up is no longer counted.
+        assert_eq!(l.inner.lock().waiting, 0);
         drop(a);
         b.ready().await;
         d.ready().await;

@@ -262,48 +262,29 @@ pub fn digest(parts: &[&[u8]]) -> u32 {
     parts.iter().fold(0u32, |c, p| crc32c::crc32c_append(c, p))
 }
 
-/// Reads one PDU. EOF before the first byte is [`PduError::Eof`].
+/// Reads one PDU, and not a byte more (the login phase hands the stream on).
+/// EOF before the first byte is [`PduError::Eof`].
 pub async fn read_pdu<R: AsyncRead + Unpin>(r: &mut R, fr: &Framing) -> Result<Pdu, PduError> {
-    let mut hdr = [0u8; BHS_LEN];
-    let n = r.read(&mut hdr).await?;
-    if n == 0 {
-        return Err(PduError::Eof);
-    }
-    r.read_exact(&mut hdr[n..]).await?;
-    let bhs = Bhs(hdr);
-    let mut ahs = vec![0u8; bhs.ahs_len()];
-    r.read_exact(&mut ahs).await?;
-    if fr.header_digest {
-        let mut d = [0u8; 4];
-        r.read_exact(&mut d).await?;
-        if u32::from_le_bytes(d) != digest(&[&bhs.0, &ahs]) {
-            return Err(PduError::HeaderDigest);
+    let mut buf = BytesMut::new();
+    loop {
+        let need = match take_pdu(&mut buf, fr)? {
+            Take::Pdu(p) => return Ok(p),
+            Take::Need(n) => n,
+        };
+        let mut have = buf.len();
+        buf.resize(need, 0);
+        while have < need {
+            let n = r.read(&mut buf[have..]).await?;
+            if n == 0 {
+                return Err(if have == 0 {
+                    PduError::Eof
+                } else {
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()
+                });
+            }
+            have += n;
         }
     }
-    let len = bhs.data_len();
-    if len > fr.max_recv {
-        return Err(PduError::TooLong {
-            bhs,
-            len,
-            max: fr.max_recv,
-        });
-    }
-    let total = len as usize + pad_len(len as usize);
-    let mut buf = BytesMut::zeroed(total);
-    r.read_exact(&mut buf).await?;
-    if fr.data_digest && len > 0 {
-        let mut d = [0u8; 4];
-        r.read_exact(&mut d).await?;
-        if u32::from_le_bytes(d) != digest(&[&buf]) {
-            return Err(PduError::DataDigest(bhs));
-        }
-    }
-    buf.truncate(len as usize);
-    Ok(Pdu {
-        bhs,
-        ahs,
-        data: buf.freeze(),
-    })
 }
 
 /// What [`take_pdu`] found at the front of a buffer.

@@ -7,7 +7,8 @@ use super::pdu::{op, Bhs, Pdu, RESERVED_TAG};
 use super::scsi;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::Notify;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -29,8 +30,10 @@ pub struct TaskCtl {
     pub lu_key: usize,
     pub cmd_sn: u32,
     state: Mutex<State>,
-    abort_tx: watch::Sender<bool>,
-    done_tx: watch::Sender<bool>,
+    /// Woken when the state becomes Aborted.
+    abort_notify: Notify,
+    done: AtomicBool,
+    done_notify: Notify,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +52,9 @@ impl TaskCtl {
             lu_key,
             cmd_sn,
             state: Mutex::new(State::Waiting),
-            abort_tx: watch::channel(false).0,
-            done_tx: watch::channel(false).0,
+            abort_notify: Notify::new(),
+            done: AtomicBool::new(false),
+            done_notify: Notify::new(),
         }
     }
 
@@ -59,7 +63,7 @@ impl TaskCtl {
         match *s {
             State::Waiting | State::Running | State::Aborted => {
                 *s = State::Aborted;
-                self.abort_tx.send_replace(true);
+                self.abort_notify.notify_waiters();
                 AbortResult::Aborted
             }
             State::Responded => AbortResult::TooLate,
@@ -72,8 +76,7 @@ impl TaskCtl {
 
     /// Resolves when the task is aborted.
     pub async fn aborted(&self) {
-        let mut rx = self.abort_tx.subscribe();
-        let _ = rx.wait_for(|a| *a).await;
+        wait_until(&self.abort_notify, || self.is_aborted()).await
     }
 
     /// Waiting -> Running; false if aborted meanwhile.
@@ -100,12 +103,28 @@ impl TaskCtl {
 
     /// The task has released everything (called last).
     pub fn mark_done(&self) {
-        self.done_tx.send_replace(true);
+        self.done.store(true, Ordering::Release);
+        self.done_notify.notify_waiters();
     }
 
     pub async fn wait_done(&self) {
-        let mut rx = self.done_tx.subscribe();
-        let _ = rx.wait_for(|d| *d).await;
+        wait_until(&self.done_notify, || self.done.load(Ordering::Acquire)).await
+    }
+}
+
+/// Waits until `cond` holds; whoever makes it true calls
+/// `notify.notify_waiters()` afterwards. (One Notify: a watch channel costs
+/// an allocation and eight notifies per command.)
+pub async fn wait_until(notify: &Notify, cond: impl Fn() -> bool) {
+    loop {
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        // Registered before the check: a change after it wakes us.
+        woken.as_mut().enable();
+        if cond() {
+            return;
+        }
+        woken.await;
     }
 }
 
