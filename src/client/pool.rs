@@ -27,7 +27,7 @@ use super::conn::Conn;
 use super::{Error, Result, SheepAddr};
 use crate::proto::header::ObjArgs;
 use crate::proto::{oid, op, ReqHeader, RspHeader, SdRes};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -256,10 +256,14 @@ impl Client {
     /// One attempt: pick a connection, send, wait up to the request timeout.
     /// On failure, also returns the connection if the request may have been
     /// sent on it.
-    async fn attempt(&self, req: &Request) -> Result<Response, (Error, Option<Arc<Conn>>)> {
+    async fn attempt(
+        &self,
+        req: &Request,
+        buf: BytesMut,
+    ) -> Result<(RspHeader, BytesMut), (Error, Option<Arc<Conn>>)> {
         let conn = self.conn().await.map_err(|e| (e, None))?;
         let t = self.inner.opts.request_timeout;
-        match tokio::time::timeout(t, conn.call(req)).await {
+        match tokio::time::timeout(t, conn.call_into(req, buf)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err((e, Some(conn))),
             Err(_) => {
@@ -329,6 +333,18 @@ impl Client {
     /// always when the request was never sent (connect failed), otherwise only
     /// for idempotent requests. Object mutations are fenced (module docs).
     pub async fn send(&self, req: Request) -> Result<Response> {
+        let (hdr, data) = self.send_into(req, BytesMut::new()).await?;
+        Ok(Response {
+            hdr,
+            data: data.into(),
+        })
+    }
+
+    /// [`Client::send`] whose reply data is read straight into `buf`'s spare
+    /// capacity (appended; a retry after a transport failure uses a new
+    /// buffer, so pass an empty one).
+    pub async fn send_into(&self, req: Request, buf: BytesMut) -> Result<(RspHeader, BytesMut)> {
+        let mut buf = Some(buf);
         let deadline = Instant::now() + self.inner.opts.retry_timeout;
         let mut backoff = Duration::from_millis(20);
         let scope = scope(&req.hdr);
@@ -337,7 +353,7 @@ impl Client {
             if let Some(scope) = &scope {
                 self.pass_fences(owner, scope, deadline).await?;
             }
-            let e = match self.attempt(&req).await {
+            let e = match self.attempt(&req, buf.take().unwrap_or_default()).await {
                 Ok(r) => return Ok(r),
                 Err((e, conn)) => {
                     if let (Some(scope), Some(conn)) = (&scope, conn) {
@@ -369,6 +385,16 @@ impl Client {
         let rsp = self.send(req).await?;
         match rsp.result() {
             SdRes::SUCCESS => Ok(rsp),
+            res => Err(Error::sheep(opcode, res)),
+        }
+    }
+
+    /// Like [`Client::send_into`], but a non-success result becomes [`Error::Sheep`].
+    pub async fn call_into(&self, req: Request, buf: BytesMut) -> Result<BytesMut> {
+        let opcode = req.hdr.opcode;
+        let (hdr, data) = self.send_into(req, buf).await?;
+        match hdr.result() {
+            SdRes::SUCCESS => Ok(data),
             res => Err(Error::sheep(opcode, res)),
         }
     }
