@@ -223,6 +223,34 @@ async fn thin_provisioning_reads_zeros_and_allocates_nothing() {
     ));
 }
 
+/// A read over several objects lands in one buffer, piece by piece: data,
+/// holes and an object discarded behind this volume's back (its piece is
+/// re-read after a reload, into a new buffer) all come back in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_across_objects_assembles_in_place() {
+    let s = SheepLite::start_formatted();
+    let c = s.client();
+    create(&c, "asm", 64 * MB).await;
+    let w = open(&c, "asm").await;
+    let data = pattern((12 * MB) as usize, 7);
+    w.write_at(0, &data).await.unwrap();
+    let r = open(&c, "asm").await;
+    // Objects 0-2 written, 3 a hole: 4 pieces, the first and last partial.
+    let (off, len) = (4 * MB - 4096, 10 * MB as usize);
+    let mut want = data[off as usize..].to_vec();
+    want.resize(len, 0);
+    let got = r.read_bytes(off, len).await.unwrap();
+    assert_eq!(got.len(), len);
+    assert_eq!(sha(&got), sha(&want));
+    // Object 1 discarded by the writer: the reader's map still shows it, its
+    // READ_OBJ gets NO_OBJ, and the piece is redone as a hole.
+    w.discard(4 * MB, 4 * MB).await.unwrap();
+    want[4096..4096 + 4 * MB as usize].fill(0);
+    let got = r.read_at(off, len).await.unwrap();
+    assert_eq!(sha(&got), sha(&want));
+    assert_eq!(r.stats().reloads, 1);
+}
+
 async fn shift_roundtrip(shift: u8) {
     let s = SheepLite::start_formatted();
     let c = s.client();

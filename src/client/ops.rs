@@ -18,7 +18,7 @@ use crate::proto::node::{
 use crate::proto::{
     flags, oid, op, ReqHeader, SdRes, SD_MAX_NODES, SD_MAX_VDI_LEN, VDI_BITMAP_SIZE,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 /// One object write ([`Client::write_obj`]): WRITE_OBJ, or
 /// CREATE_AND_WRITE_OBJ with [`ObjWrite::creating`].
@@ -121,6 +121,20 @@ impl Client {
 
     /// READ_OBJ `len` bytes at `offset` of `oid`.
     pub async fn read_obj(&self, oid: u64, offset: u32, len: u32, fl: u16) -> Result<Vec<u8>> {
+        let buf = BytesMut::with_capacity(len as usize);
+        Ok(self.read_obj_into(oid, offset, len, fl, buf).await?.into())
+    }
+
+    /// [`Client::read_obj`] into `buf` (empty; give it `len` bytes of
+    /// capacity): the data is read from the socket straight into it.
+    pub async fn read_obj_into(
+        &self,
+        oid: u64,
+        offset: u32,
+        len: u32,
+        fl: u16,
+        buf: BytesMut,
+    ) -> Result<BytesMut> {
         let mut h = ReqHeader::for_op(op::READ_OBJ);
         h.flags = fl;
         h.data_length = len;
@@ -130,17 +144,17 @@ impl Client {
             ..Default::default()
         }
         .encode();
-        let rsp = self.call(Request::new(h)).await?;
-        if rsp.data.len() != len as usize {
+        let data = self.call_into(Request::new(h), buf).await?;
+        if data.len() != len as usize {
             return Err(Error::Protocol {
                 addr: self.addr().to_string(),
                 what: format!(
                     "READ_OBJ of {oid:016x} returned {} bytes, expected {len}",
-                    rsp.data.len()
+                    data.len()
                 ),
             });
         }
-        Ok(rsp.data)
+        Ok(data)
     }
 
     /// WRITE_OBJ, or CREATE_AND_WRITE_OBJ (see [`ObjWrite`]).

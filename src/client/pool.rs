@@ -28,7 +28,8 @@ use super::request::{Request, Response};
 use super::transport::{self, ByteStream, Connector};
 use super::{Error, Result, SheepAddr};
 use crate::proto::header::ObjArgs;
-use crate::proto::{oid, op, ReqHeader, SdRes};
+use crate::proto::{oid, op, ReqHeader, RspHeader, SdRes};
+use bytes::BytesMut;
 use parking_lot::{Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -240,10 +241,14 @@ impl Client {
     /// One attempt: pick a connection, send, wait up to the request timeout.
     /// On failure, also returns the connection if the request may have been
     /// sent on it.
-    async fn attempt(&self, req: &Request) -> Result<Response, (Error, Option<Arc<Conn>>)> {
+    async fn attempt(
+        &self,
+        req: &Request,
+        buf: BytesMut,
+    ) -> Result<(RspHeader, BytesMut), (Error, Option<Arc<Conn>>)> {
         let conn = self.conn().await.map_err(|e| (e, None))?;
         let t = self.inner.opts.request_timeout;
-        match tokio::time::timeout(t, conn.call(req)).await {
+        match tokio::time::timeout(t, conn.call_into(req, buf)).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(e)) => Err((e, Some(conn))),
             Err(_) => {
@@ -313,6 +318,18 @@ impl Client {
     /// always when the request was never sent (connect failed), otherwise only
     /// for idempotent requests. Object mutations are fenced (module docs).
     pub async fn send(&self, req: Request) -> Result<Response> {
+        let (hdr, data) = self.send_into(req, BytesMut::new()).await?;
+        Ok(Response {
+            hdr,
+            data: data.into(),
+        })
+    }
+
+    /// [`Client::send`] whose reply data is read straight into `buf`'s spare
+    /// capacity (appended; a retry after a transport failure uses a new
+    /// buffer, so pass an empty one).
+    pub async fn send_into(&self, req: Request, buf: BytesMut) -> Result<(RspHeader, BytesMut)> {
+        let mut buf = Some(buf);
         let deadline = Instant::now() + self.inner.opts.retry_timeout;
         let mut backoff = Duration::from_millis(20);
         let scope = scope(&req.hdr);
@@ -321,16 +338,16 @@ impl Client {
             if let Some(scope) = &scope {
                 self.pass_fences(owner, scope, deadline).await?;
             }
-            let e = match self.attempt(&req).await {
+            let e = match self.attempt(&req, buf.take().unwrap_or_default()).await {
                 // Sheep rejected the request unexecuted because it is
                 // restarting (waiting for the nodes of its last epoch) or
                 // going down: wait for it as for a dead one.
-                Ok(r)
-                    if restarting(&req, &r)
+                Ok((hdr, _))
+                    if restarting(&req, &hdr)
                         && Instant::now() < deadline
                         && !self.inner.closed.load(Ordering::Acquire) =>
                 {
-                    tracing::debug!(result = ?r.result(), op = op::name(req.hdr.opcode), "sheep not ready; retrying");
+                    tracing::debug!(result = ?hdr.result(), op = op::name(req.hdr.opcode), "sheep not ready; retrying");
                     let left = deadline.saturating_duration_since(Instant::now());
                     tokio::time::sleep(backoff.min(left)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -370,6 +387,16 @@ impl Client {
             res => Err(Error::sheep(opcode, res)),
         }
     }
+
+    /// Like [`Client::send_into`], but a non-success result becomes [`Error::Sheep`].
+    pub async fn call_into(&self, req: Request, buf: BytesMut) -> Result<BytesMut> {
+        let opcode = req.hdr.opcode;
+        let (hdr, data) = self.send_into(req, buf).await?;
+        match hdr.result() {
+            SdRes::SUCCESS => Ok(data),
+            res => Err(Error::sheep(opcode, res)),
+        }
+    }
 }
 
 /// A reply of a sheep that is restarting (WAIT_FOR_JOIN: back from a stop,
@@ -377,7 +404,7 @@ impl Client {
 /// the request was refused before it ran, so sending it again is safe.
 /// STAT_CLUSTER answers WAIT_FOR_JOIN as the cluster's status, not as a
 /// refusal.
-fn restarting(req: &Request, rsp: &Response) -> bool {
+fn restarting(req: &Request, rsp: &RspHeader) -> bool {
     matches!(rsp.result(), SdRes::WAIT_FOR_JOIN | SdRes::KILLED)
         && req.hdr.opcode != op::STAT_CLUSTER
 }

@@ -18,7 +18,7 @@ use super::vdi::SnapSel;
 use super::{Client, Error, ObjectCache, Result};
 use crate::proto::inode::{self, InodeHeader};
 use crate::proto::{flags, oid, SdRes, LOCK_TYPE_NORMAL, LOCK_TYPE_SHARED};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::future::try_join_all;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashSet;
@@ -309,6 +309,17 @@ impl Volume {
 
     /// Reads `len` bytes at `off` (clipped at the end of the volume).
     pub async fn read_at(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+        // One buffer filled in place: the Vec takes it over without a copy.
+        self.read(off, len).await.map(Vec::from)
+    }
+
+    /// [`Volume::read_at`] as [`Bytes`] (what the FUSE and iSCSI adapters
+    /// hand to the kernel or the wire).
+    pub async fn read_bytes(&self, off: u64, len: usize) -> Result<Bytes> {
+        self.read(off, len).await.map(BytesMut::freeze)
+    }
+
+    async fn read(&self, off: u64, len: usize) -> Result<BytesMut> {
         let t = Instant::now();
         let res = self.read_inner(off, len).await;
         self.stats
@@ -316,37 +327,55 @@ impl Volume {
         res
     }
 
-    async fn read_inner(&self, off: u64, len: usize) -> Result<Vec<u8>> {
+    async fn read_inner(&self, off: u64, len: usize) -> Result<BytesMut> {
         self.check_open()?;
         let (size, shift) = {
             let s = self.state.read();
             (s.header.vdi_size, s.header.block_size_shift)
         };
         if off >= size || len == 0 {
-            return Ok(Vec::new());
+            return Ok(BytesMut::new());
         }
         let len = (len as u64).min(size - off) as usize;
         let ps = pieces(off, len as u64, shift);
-        let parts = try_join_all(ps.iter().map(|p| self.read_piece(*p))).await?;
-        if parts.len() == 1 {
-            return Ok(parts.into_iter().next().unwrap_or_default());
+        if let [p] = ps[..] {
+            // Within one object (the usual case): no joining to do.
+            return self.read_piece(p, BytesMut::with_capacity(len)).await;
         }
-        let mut out = vec![0u8; len];
-        for (p, data) in ps.iter().zip(parts) {
-            out[p.buf_off..p.buf_off + p.len].copy_from_slice(&data);
+        // One allocation for the whole read, no zero-fill: each piece is
+        // read from the socket straight into its own stretch of it, and the
+        // stretches join back without a copy.
+        let mut rest = BytesMut::with_capacity(len);
+        let mut bufs = Vec::with_capacity(ps.len());
+        for p in &ps[..ps.len() - 1] {
+            let tail = rest.split_off(p.len);
+            bufs.push(std::mem::replace(&mut rest, tail));
+        }
+        bufs.push(rest);
+        let parts = try_join_all(ps.iter().zip(bufs).map(|(p, b)| self.read_piece(*p, b))).await?;
+        let mut out = BytesMut::new();
+        for part in parts {
+            // O(1) for adjacent stretches; a piece that had to be re-read
+            // into a new buffer is copied.
+            out.unsplit(part);
         }
         Ok(out)
     }
 
-    async fn read_piece(&self, p: Piece) -> Result<Vec<u8>> {
+    /// Reads one piece into `buf` (empty, with room for the piece).
+    async fn read_piece(&self, p: Piece, buf: BytesMut) -> Result<BytesMut> {
+        let mut buf = Some(buf);
         let mut retried = false;
         loop {
             let (vid, gen) = {
                 let s = self.state.read();
                 (s.map.get(p.idx), s.generation)
             };
+            // Consumed by a failed attempt: a retry reads into a new one.
+            let mut b = buf.take().unwrap_or_else(|| BytesMut::with_capacity(p.len));
             if vid == 0 {
-                return Ok(vec![0u8; p.len]);
+                b.resize(p.len, 0);
+                return Ok(b);
             }
             let doid = oid::vid_to_data_oid(vid, idx32(vid, p.idx)?);
             let cache = self.cache.read().clone();
@@ -357,20 +386,20 @@ impl Volume {
                     cache
                         .get_or_fill(doid, || self.client.read_obj(doid, 0, objsize, fl))
                         .await
-                        .map(|(obj, hit)| {
+                        .and_then(|(obj, hit)| {
                             self.stats.count_cache(hit);
                             let start = p.off as usize;
-                            obj.get(start..start + p.len).map(<[u8]>::to_vec)
-                        })
-                        .and_then(|o| {
-                            o.ok_or_else(|| {
+                            let piece = obj.get(start..start + p.len).ok_or_else(|| {
                                 Error::Invalid("cached object shorter than object size".into())
-                            })
+                            })?;
+                            b.extend_from_slice(piece);
+                            Ok(b)
                         })
                 }
                 None => {
+                    let (off, len) = (p.off as u32, p.len as u32);
                     self.client
-                        .read_obj(doid, p.off as u32, p.len as u32, self.io_flags())
+                        .read_obj_into(doid, off, len, self.io_flags(), b)
                         .await
                 }
             };
@@ -426,6 +455,9 @@ impl Volume {
         }
         let _range = self.ranges.lock(off, off + data.len() as u64).await;
         let ps = pieces(off, data.len() as u64, shift);
+        if let [p] = ps[..] {
+            return self.write_piece(p.idx, p.off, data).await;
+        }
         try_join_all(ps.iter().map(|p| {
             let chunk = data.slice(p.buf_off..p.buf_off + p.len);
             self.write_piece(p.idx, p.off, chunk)

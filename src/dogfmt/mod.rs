@@ -89,7 +89,7 @@ fn tm(t: i64, tz: Tz) -> Option<Tm> {
 }
 
 /// `strftime("%Y-%m-%d %H:%M")`, as in `vdi list`.
-pub(crate) fn fmt_date_minutes(t: i64, tz: Tz) -> String {
+pub fn fmt_date_minutes(t: i64, tz: Tz) -> String {
     match tm(t, tz) {
         Some(m) => format!(
             "{:04}-{:02}-{:02} {:02}:{:02}",

@@ -10,6 +10,7 @@ use crate::client::{self, Client, LockMode, ObjectCache, OpenOptions, Options, V
 use crate::dogfmt;
 use crate::proto::{cluster_flags, SdRes};
 use crate::util::logging::LogRing;
+use bytes::Bytes;
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -238,13 +239,13 @@ enum Handle {
     /// A snapshot of generated text, taken at open, so that every read of
     /// this open sees the same bytes whatever its offset (shared by the
     /// opens that shared its render).
-    Text(Arc<Vec<u8>>),
+    Text(Bytes),
     Volume(Arc<Attached>),
 }
 
 /// A render of a state file, shared by the opens that wait for it. An error
 /// is kept as errno and message (the client error inside is not `Clone`).
-type Render = tokio::sync::OnceCell<Result<Arc<Vec<u8>>, (i32, String)>>;
+type Render = tokio::sync::OnceCell<Result<Bytes, (i32, String)>>;
 
 /// One state file's renders: the length of the last one, which is what
 /// `stat` shows (rendering costs a cluster scan, so getattr never does),
@@ -277,10 +278,11 @@ pub struct FsCore {
     warned_no_locking: AtomicBool,
 }
 
-fn slice_at(t: &[u8], off: u64, size: u32) -> Vec<u8> {
+/// `size` bytes at `off` of a text (shared, not copied).
+fn slice_at(t: &Bytes, off: u64, size: u32) -> Bytes {
     let start = usize::try_from(off).unwrap_or(usize::MAX).min(t.len());
     let end = start.saturating_add(size as usize).min(t.len());
-    t[start..end].to_vec()
+    t.slice(start..end)
 }
 
 fn flag_text(on: bool) -> Vec<u8> {
@@ -397,7 +399,7 @@ impl FsCore {
     /// Renders a state file for an open: joins the render in flight if there
     /// is one, else starts one (so each open sees the cluster as it was at
     /// or after the open), and records its length for `stat`.
-    async fn render_state(&self, ino: u64, kind: Static) -> FsResult<Arc<Vec<u8>>> {
+    async fn render_state(&self, ino: u64, kind: Static) -> FsResult<Bytes> {
         let cell = self
             .renders
             .lock()
@@ -410,7 +412,7 @@ impl FsCore {
             .get_or_init(|| async {
                 self.static_text(ino, kind)
                     .await
-                    .map(Arc::new)
+                    .map(Bytes::from)
                     .map_err(|e| (e.errno(), e.to_string()))
             })
             .await
@@ -629,7 +631,7 @@ impl FsCore {
                 // count) reaches the writer.
                 _ => {
                     let t = self.static_text(ino, e.kind).await?;
-                    Ok(text(self.add_handle(Handle::Text(Arc::new(t)))))
+                    Ok(text(self.add_handle(Handle::Text(t.into()))))
                 }
             };
         }
@@ -644,7 +646,7 @@ impl FsCore {
                 ));
             }
             let t = a.stats_text(self.object_cache());
-            return Ok(text(self.add_handle(Handle::Text(Arc::new(t)))));
+            return Ok(text(self.add_handle(Handle::Text(t.into()))));
         }
         if write {
             a.check_writable()?;
@@ -685,13 +687,13 @@ impl FsCore {
         }
     }
 
-    pub async fn read(&self, ino: u64, fh: u64, off: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(&self, ino: u64, fh: u64, off: u64, size: u32) -> FsResult<Bytes> {
         match &*self.handle(fh)? {
             Handle::Text(t) => Ok(slice_at(t, off, size)),
             Handle::Volume(a) => {
                 debug_assert_eq!(a.ino, ino);
                 self.refresh_if_stale(a, off, size).await?;
-                a.vol.read_at(off, size as usize).await.map_err(|e| {
+                a.vol.read_bytes(off, size as usize).await.map_err(|e| {
                     FsError::client(
                         format_args!("read of {size} bytes at {off} from volume {}", a.file),
                         e,
@@ -720,8 +722,16 @@ impl FsCore {
         Ok(())
     }
 
-    /// Returns the number of bytes consumed.
-    pub async fn write(&self, ino: u64, fh: u64, off: u64, data: Vec<u8>) -> FsResult<u32> {
+    /// Returns the number of bytes consumed. The data goes to the socket as
+    /// it is (no copy on the way).
+    pub async fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        off: u64,
+        data: impl Into<Bytes>,
+    ) -> FsResult<u32> {
+        let mut data: Bytes = data.into();
         if let Some(e) = tree::entry(ino) {
             return match e.kind {
                 Static::Control(c) => self.control_write(c, &data).await,
@@ -750,7 +760,6 @@ impl FsCore {
         let n = data
             .len()
             .min(usize::try_from(size - off).unwrap_or(usize::MAX));
-        let mut data = bytes::Bytes::from(data);
         data.truncate(n);
         a.vol.write_bytes(off, data).await.map_err(|e| {
             FsError::client(
@@ -1234,10 +1243,10 @@ mod tests {
 
     #[test]
     fn slices() {
-        let t = b"hello world";
-        assert_eq!(slice_at(t, 0, 5), b"hello");
-        assert_eq!(slice_at(t, 6, 100), b"world");
-        assert_eq!(slice_at(t, 11, 10), b"");
-        assert_eq!(slice_at(t, u64::MAX, 10), b"");
+        let t = &Bytes::from_static(b"hello world");
+        assert_eq!(slice_at(t, 0, 5), &b"hello"[..]);
+        assert_eq!(slice_at(t, 6, 100), &b"world"[..]);
+        assert_eq!(slice_at(t, 11, 10), &b""[..]);
+        assert_eq!(slice_at(t, u64::MAX, 10), &b""[..]);
     }
 }

@@ -15,9 +15,10 @@ use fuser::{
 use std::ffi::OsStr;
 use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Waker};
+use std::task::{Context, Wake, Waker};
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug_span, Instrument, Span};
 
@@ -182,14 +183,14 @@ impl FuseAdapter {
 
     /// Runs a request: polled once right here on the FUSE thread, so that
     /// requests needing no I/O (holes, state and control files) complete
-    /// without a thread hop and network I/O is on its way before a runtime
-    /// worker wakes up; if it has to wait, the runtime finishes it.
+    /// without a thread hop and network I/O is on its way at once. If it has
+    /// to wait, it goes to the runtime only when woken (see [`Parked`]).
     fn spawn<F>(&self, span: Span, f: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let g = self.inflight.enter();
-        let mut fut = Box::pin(
+        let fut: ParkedFuture = Box::pin(
             async move {
                 let _g = g;
                 f.await
@@ -197,10 +198,73 @@ impl FuseAdapter {
             .instrument(span),
         );
         let _rt = self.rt.enter();
-        let mut cx = Context::from_waker(Waker::noop());
-        // A pending future re-registers its waker when the task polls it.
-        if fut.as_mut().poll(&mut cx).is_pending() {
-            self.rt.spawn(fut);
+        Parked::run(fut, &self.rt);
+    }
+}
+
+type ParkedFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A request that returned Pending on the FUSE thread, waiting for its first
+/// wake-up. Spawning it on the runtime right away would wake a worker only
+/// to poll it again and find it still waiting (a second wake-up and an
+/// inject-queue hop per request); instead the waker spawns it, from the
+/// thread that wakes it: usually the connection's reader task, whose worker
+/// then runs it next (tokio's LIFO slot), so the reply leaves from the
+/// thread that received the answer, with no further hand-off.
+struct Parked {
+    state: parking_lot::Mutex<ParkState>,
+    rt: tokio::runtime::Handle,
+}
+
+enum ParkState {
+    /// Being polled on the FUSE thread; `woken` if woken meanwhile.
+    Polling { woken: bool },
+    /// Waiting for its wake-up.
+    Waiting(ParkedFuture),
+    /// Handed to the runtime, whose own waker takes over.
+    Spawned,
+}
+
+impl Parked {
+    fn run(mut fut: ParkedFuture, rt: &tokio::runtime::Handle) {
+        let parked = Arc::new(Parked {
+            state: parking_lot::Mutex::new(ParkState::Polling { woken: false }),
+            rt: rt.clone(),
+        });
+        let waker = Waker::from(parked.clone());
+        if fut
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready()
+        {
+            return;
+        }
+        let mut s = parked.state.lock();
+        if matches!(*s, ParkState::Polling { woken: true }) {
+            *s = ParkState::Spawned;
+            drop(s);
+            rt.spawn(fut);
+        } else {
+            *s = ParkState::Waiting(fut);
+        }
+    }
+}
+
+impl Wake for Parked {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut s = self.state.lock();
+        match std::mem::replace(&mut *s, ParkState::Spawned) {
+            ParkState::Waiting(fut) => {
+                drop(s);
+                self.rt.spawn(fut);
+            }
+            ParkState::Polling { .. } => *s = ParkState::Polling { woken: true },
+            // A stale registration (the runtime polls it now).
+            ParkState::Spawned => {}
         }
     }
 }
@@ -264,6 +328,7 @@ pub fn mount(
     config.clone_fd = true;
     let direct = mount_direct(mountpoint, &cfg.fsname, cfg.allow_other)?;
     let acl = config.acl;
+    drop(rt.spawn(keep_timer_armed()));
     let adapter = FuseAdapter::new(core.clone(), rt, cfg);
     let (session, un) = match direct {
         Some(fd) => match Session::from_fd(adapter, fd, acl, config) {
@@ -283,6 +348,19 @@ pub fn mount(
     };
     core.set_invalidator(Arc::new(KernelInvalidator(session.notifier())));
     Ok((session, un))
+}
+
+/// Keeps a timer due within a second pending on the runtime, for as long as
+/// it runs. FUSE threads register each request's timeout from outside the
+/// runtime; were it the earliest timer, tokio would wake the parked worker
+/// that drives timers just to shorten its sleep: a thread wake-up per
+/// request at queue depth 1. Behind a nearer deadline, registering is silent.
+async fn keep_timer_armed() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }
 
 /// mount(2) of a fresh /dev/fuse connection as `fuse.sheepfs`; `None` when
@@ -545,8 +623,9 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let core = self.core.clone();
-        // The request buffer is reused by this thread at once: copy.
-        let data = data.to_vec();
+        // fuser reuses its receive buffer for the next request at once: the
+        // one copy of the data (into the Bytes that reaches the socket).
+        let data = bytes::Bytes::copy_from_slice(data);
         let span = debug_span!(
             "write",
             req = req.unique().0,
@@ -825,6 +904,61 @@ mod tests {
         assert!(inf.wait_idle(Duration::from_secs(5)).await);
         assert_eq!(inf.count(), 0);
         t.await.unwrap();
+    }
+
+    /// Runs `fut` as a FUSE thread does (outside the runtime); its output
+    /// arrives on the returned channel.
+    fn run_parked<T: Send + 'static>(
+        rt: &tokio::runtime::Handle,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            let _g = rt.enter();
+            Parked::run(
+                Box::pin(async move {
+                    let _ = tx.send(fut.await);
+                }),
+                &rt,
+            );
+        })
+        .join()
+        .unwrap();
+        rx
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parked_requests_finish_when_woken() {
+        let rt = tokio::runtime::Handle::current();
+        let limit = Duration::from_secs(5);
+        // Done at the first poll.
+        let r = run_parked(&rt, async { 1 });
+        assert_eq!(tokio::time::timeout(limit, r).await.unwrap().unwrap(), 1);
+        // Pending, then woken from a runtime worker (a reply arriving).
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let r = run_parked(&rt, async { rx.await.unwrap() + 1 });
+        tokio::spawn(async move { tx.send(41).unwrap() });
+        assert_eq!(tokio::time::timeout(limit, r).await.unwrap().unwrap(), 42);
+        // Woken during its first poll, before it is parked.
+        let mut first = true;
+        let r = run_parked(
+            &rt,
+            std::future::poll_fn(move |cx| {
+                if std::mem::take(&mut first) {
+                    cx.waker().wake_by_ref();
+                    return std::task::Poll::Pending;
+                }
+                std::task::Poll::Ready(3)
+            }),
+        );
+        assert_eq!(tokio::time::timeout(limit, r).await.unwrap().unwrap(), 3);
+        // A timer registered on the FUSE thread fires on the runtime.
+        let r = run_parked(&rt, async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            4
+        });
+        assert_eq!(tokio::time::timeout(limit, r).await.unwrap().unwrap(), 4);
     }
 
     #[test]

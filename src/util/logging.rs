@@ -11,6 +11,7 @@ use std::io::{self, IsTerminal, Write};
 use std::sync::Arc;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -61,7 +62,9 @@ pub fn init(s: LogSetup) -> bool {
     };
     let _ = tracing_subscriber::registry()
         .with(out)
-        .with(s.ring)
+        // Filtered, so that it does not switch on every debug span and
+        // event (a span per FUSE request) just to ignore them.
+        .with(s.ring.map(|r| r.with_filter(LevelFilter::WARN)))
         .try_init();
     to_syslog.is_some()
 }
