@@ -179,23 +179,17 @@ const OID: u64 = 0x00ab_cdef_0000_0001;
 /// Write-through coherence: readers fill the cache from the "server" while
 /// writers change the server and then apply their acknowledged bytes; once
 /// all are done, the cached copy (if any) is the server's bytes, and so is
-/// what the next reader gets. Readers without a writer share one fill.
+/// what the next reader gets.
 #[test]
 fn object_cache_never_keeps_a_stale_fill() {
     check(|| {
         block_on(async {
-            let cache = Arc::new(ObjectCache::new(1 << 20));
-            let server = Arc::new(Mutex::new(vec![0u8; 8]));
-            let fills = Arc::new(AtomicUsize::new(0));
+            let (cache, server, fills) = cache_and_server(0);
             let mut tasks = Vec::new();
             for _ in 0..2 {
-                let (cache, server, fills) = (cache.clone(), server.clone(), fills.clone());
+                let r = reader(&cache, &server, &fills);
                 tasks.push(spawn(async move {
-                    let (got, _) = cache
-                        .get_or_fill(OID, || read_server(&server, &fills))
-                        .await
-                        .unwrap();
-                    assert_eq!(got.len(), 8);
+                    assert_eq!(r.await.expect("reader failed").len(), 8);
                 }));
             }
             for w in 1..=2u8 {
@@ -229,28 +223,41 @@ fn object_cache_never_keeps_a_stale_fill() {
 fn object_cache_fills_once() {
     check(|| {
         block_on(async {
-            let cache = Arc::new(ObjectCache::new(1 << 20));
-            let server = Arc::new(Mutex::new(vec![9u8; 8]));
-            let fills = Arc::new(AtomicUsize::new(0));
-            let tasks: Vec<_> = (0..3)
-                .map(|_| {
-                    let (cache, server, fills) = (cache.clone(), server.clone(), fills.clone());
-                    spawn(async move {
-                        let (got, _) = cache
-                            .get_or_fill(OID, || read_server(&server, &fills))
-                            .await
-                            .unwrap();
-                        assert_eq!(*got, vec![9u8; 8]);
-                    })
-                })
-                .collect();
+            let (cache, server, fills) = cache_and_server(9);
+            let tasks: Vec<_> = (0..3).map(|_| reader(&cache, &server, &fills)).collect();
             for t in tasks {
-                t.await.expect("task failed");
+                assert_eq!(*t.await.expect("reader failed"), vec![9u8; 8]);
             }
             assert_eq!(fills.load(Ordering::SeqCst), 1, "one object filled twice");
             assert_eq!((cache.hits() + cache.misses(), cache.misses()), (3, 1));
         });
     });
+}
+
+/// An empty cache, the object's 8 bytes of `fill` on the "server", and a
+/// count of fills.
+fn cache_and_server(fill: u8) -> (Arc<ObjectCache>, Arc<Mutex<Vec<u8>>>, Arc<AtomicUsize>) {
+    (
+        Arc::new(ObjectCache::new(1 << 20)),
+        Arc::new(Mutex::new(vec![fill; 8])),
+        Arc::new(AtomicUsize::new(0)),
+    )
+}
+
+/// A task reading the object through the cache.
+fn reader(
+    cache: &Arc<ObjectCache>,
+    server: &Arc<Mutex<Vec<u8>>>,
+    fills: &Arc<AtomicUsize>,
+) -> shuttle::future::JoinHandle<Arc<Vec<u8>>> {
+    let (cache, server, fills) = (cache.clone(), server.clone(), fills.clone());
+    spawn(async move {
+        let (got, _) = cache
+            .get_or_fill(OID, || read_server(&server, &fills))
+            .await
+            .unwrap();
+        got
+    })
 }
 
 /// A fill: copies the server's bytes, and takes a while (a scheduling point)
