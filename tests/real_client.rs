@@ -25,20 +25,6 @@ async fn open(c: &Client, name: &str) -> Volume {
         .unwrap_or_else(|e| panic!("open {name}: {e}"))
 }
 
-/// `dog vdi read [-s TAG] NAME OFF LEN`'s bytes.
-#[track_caller]
-fn dog_read(c: &Cluster, name: &str, tag: Option<&str>, off: u64, len: u64) -> Vec<u8> {
-    let (off, len) = (off.to_string(), len.to_string());
-    let mut args = vec!["vdi", "read"];
-    if let Some(t) = tag {
-        args.extend(["-s", t]);
-    }
-    args.extend([name, &off, &len]);
-    let o = c.dog(&args);
-    assert_eq!(o.code, 0, "dog {args:?}: {o:?}");
-    o.stdout
-}
-
 #[track_caller]
 fn dog_ok(c: &Cluster, args: &[&str], stdin: &[u8]) -> Out {
     let o = c.dog_stdin(args, stdin);
@@ -66,7 +52,7 @@ async fn data_both_ways_with_dog() {
     let ours = pattern((5 * MB) as usize, 11);
     v.write_at(3 * MB + 512, &ours).await.unwrap();
     same(
-        &dog_read(cl, "both", None, 3 * MB + 512, 5 * MB),
+        &cl.dog_read("both", None, 3 * MB + 512, 5 * MB),
         &ours,
         "dog reads what the library wrote",
     );
@@ -100,7 +86,7 @@ async fn data_both_ways_with_dog() {
         .await
         .unwrap();
     assert_eq!(
-        dog_read(cl, "both-dog", None, 4 * MB - 100, 28),
+        cl.dog_read("both-dog", None, 4 * MB - 100, 28),
         b"straddles an object boundary"
     );
     v.close().await.unwrap();
@@ -129,7 +115,7 @@ async fn cow_of_snapshots_and_clones() {
     k.write_at(5 * MB, &k_data).await.unwrap();
 
     // The snapshot kept the old data, seen by dog and by the library.
-    same(&dog_read(cl, "cow", Some("one"), 0, 6 * MB), &a, "snapshot");
+    same(&cl.dog_read("cow", Some("one"), 0, 6 * MB), &a, "snapshot");
     let snap = Volume::open(
         c.clone(),
         "cow",
@@ -152,11 +138,11 @@ async fn cow_of_snapshots_and_clones() {
     // The working VDI has the new block over the old data.
     let mut want = a.clone();
     want[MB as usize..MB as usize + b.len()].copy_from_slice(&b);
-    same(&dog_read(cl, "cow", None, 0, 6 * MB), &want, "working VDI");
+    same(&cl.dog_read("cow", None, 0, 6 * MB), &want, "working VDI");
     // The clone: the snapshot's data plus its own write only.
     let mut want = a.clone();
     want[5 * MB as usize..5 * MB as usize + k_data.len()].copy_from_slice(&k_data);
-    same(&dog_read(cl, "cow-clone", None, 0, 6 * MB), &want, "clone");
+    same(&cl.dog_read("cow-clone", None, 0, 6 * MB), &want, "clone");
     for x in [v, k, snap] {
         x.close().await.unwrap();
     }
@@ -179,23 +165,23 @@ async fn snapshot_by_dog_under_an_open_volume() {
     v.write_at(MB + 4096, &new).await.unwrap();
     v.write_at(12 * MB, &new).await.unwrap();
     same(
-        &dog_read(cl, "under", Some("taken"), MB, old.len() as u64),
+        &cl.dog_read("under", Some("taken"), MB, old.len() as u64),
         &old,
         "the snapshot keeps what was there when dog took it",
     );
     assert_eq!(
-        dog_read(cl, "under", Some("taken"), 12 * MB, 8192),
+        cl.dog_read("under", Some("taken"), 12 * MB, 8192),
         vec![0; 8192]
     );
     let mut want = old.clone();
     want[4096..4096 + new.len()].copy_from_slice(&new);
     same(
-        &dog_read(cl, "under", None, MB, old.len() as u64),
+        &cl.dog_read("under", None, MB, old.len() as u64),
         &want,
         "the working VDI has the new write",
     );
     same(
-        &dog_read(cl, "under", None, 12 * MB, 8192),
+        &cl.dog_read("under", None, 12 * MB, 8192),
         &new,
         "new object",
     );
@@ -257,12 +243,12 @@ async fn hyper_volume_past_4_tib() {
     v.write_at(far, &data).await.unwrap();
     v.write_at(5 * TB - 4096, &data[..4096]).await.unwrap();
     same(
-        &dog_read(cl, "hyper", None, far, data.len() as u64),
+        &cl.dog_read("hyper", None, far, data.len() as u64),
         &data,
         "past 4 TiB",
     );
     same(
-        &dog_read(cl, "hyper", None, 5 * TB - 4096, 4096),
+        &cl.dog_read("hyper", None, 5 * TB - 4096, 4096),
         &data[..4096],
         "last block",
     );
@@ -298,7 +284,7 @@ async fn object_size(shift: u8) {
     let data = pattern((obj + 2 * 4096) as usize, shift);
     v.write_at(obj - 4096, &data).await.unwrap();
     same(
-        &dog_read(cl, &name, None, obj - 4096, data.len() as u64),
+        &cl.dog_read(&name, None, obj - 4096, data.len() as u64),
         &data,
         "library to dog",
     );

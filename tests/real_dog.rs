@@ -98,6 +98,7 @@ fn session() -> Vec<Step> {
         m(&["vdi", "snapshot", "-s", "snap1", "alpha"]),
         m(&["vdi", "snapshot", "-s", "snap1", "alpha"]),
         write(&["vdi", "write", "alpha", "0", "4096"], 4096, 7),
+        m(&["vdi", "snapshot", "-s", "snap2", "alpha"]),
         m(&["vdi", "clone", "-s", "snap1", "alpha", "beta"]),
         m(&["vdi", "clone", "-s", "nosnap", "alpha", "gamma"]),
         write(&["vdi", "write", "beta", "8192", "4096"], 4096, 9),
@@ -123,7 +124,9 @@ fn session() -> Vec<Step> {
         r(&["vdi", "list", "alpha"]),
         r(&["vdi", "list", "-r", "beta"]),
         r(&["vdi", "list", "nosuch"]),
-        // `vdi tree` is missing from sheepctl (left out of the session).
+        r(&["vdi", "tree"]),
+        r(&["vdi", "tree", "extra-words-are-ignored"]),
+        r(&["vdi", "tree", "-h"]),
         r(&["vdi", "read", "nosuch", "0", "512"]),
         r(&["vdi", "read", "alpha", "200M", "512"]),
         r(&["node", "list"]),
@@ -145,9 +148,12 @@ fn session() -> Vec<Step> {
         m(&["vdi", "delete", "-s", "nosnap", "alpha"]),
         m(&["vdi", "delete", "-s", "snap1", "alpha"]),
         r(&["vdi", "list", "-r"]),
+        // snap2, whose parent snapshot is gone, now heads alpha's tree.
+        r(&["vdi", "tree"]),
         m(&["vdi", "delete", "alpha"]),
         m(&["vdi", "delete", "hyper"]),
         r(&["vdi", "list"]),
+        r(&["vdi", "tree"]),
         r(&["vdi", "lock", "list"]),
     ]
 }

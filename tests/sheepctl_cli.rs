@@ -817,3 +817,85 @@ impl Lines for Out {
             .collect()
     }
 }
+
+/// `vdi tree` on sheep-lite: snapshot chains under their name, a clone as a
+/// tree of its own, trees in vid order, snapshot times as `vdi list` has
+/// them; bold `(you are here)` only on a terminal. (tests/real_dog compares
+/// it with real dog byte for byte.)
+#[test]
+fn vdi_tree_like_dog() {
+    let s = SheepLite::start_formatted();
+    for args in [
+        &["vdi", "create", "alpha", "16M"][..],
+        &["vdi", "snapshot", "-s", "one", "alpha"],
+        &["vdi", "snapshot", "-s", "two", "alpha"],
+        &["vdi", "clone", "-s", "one", "alpha", "beta"],
+        &["vdi", "create", "gamma", "4M"],
+    ] {
+        expect(&s.ctl(args), 0, "");
+    }
+    // Rows of `vdi list -r`, in vid order: type name snapid size used
+    // shared ctime vid ...
+    let rows = list_raw(&s);
+    let ctime = |snap: &str| {
+        let r = rows
+            .iter()
+            .find(|r| r[1] == "alpha" && r[2] == snap)
+            .expect("snapshot row");
+        let t: i64 = r[6].parse().unwrap();
+        sheepfs::dogfmt::fmt_date_minutes(t, sheepfs::dogfmt::Tz::Local)
+    };
+    let line = |name: &str| match name {
+        "alpha" => format!(
+            "alpha---[{}]---[{}]---(you are here)\n",
+            ctime("1"),
+            ctime("2")
+        ),
+        other => format!("{other}---(you are here)\n"),
+    };
+    let mut want = String::new();
+    let mut seen = Vec::new();
+    for r in &rows {
+        if !seen.contains(&r[1]) {
+            seen.push(r[1].clone());
+            want.push_str(&line(&r[1]));
+        }
+    }
+    let o = s.ctl(&["vdi", "tree"]);
+    expect(&o, 0, "");
+    assert_eq!(o.text(), want);
+
+    // With a terminal the working VDIs are bold, as dog prints them.
+    let shell = format!(
+        "{} vdi tree -p {}",
+        common::bin("sheepctl").display(),
+        s.port
+    );
+    let o = std::process::Command::new("script")
+        .args(["-qec", &shell, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script (util-linux)");
+    let tty = String::from_utf8_lossy(&o.stdout).replace("\r\n", "\n");
+    assert!(o.status.success(), "{tty}");
+    assert_eq!(
+        tty,
+        want.replace("(you are here)", "\x1b[1m(you are here)\x1b[0m")
+    );
+
+    // Deleting the first snapshot: the second heads alpha's tree.
+    expect(&s.ctl(&["vdi", "delete", "beta"]), 0, "");
+    expect(&s.ctl(&["vdi", "delete", "-s", "one", "alpha"]), 0, "");
+    let o = s.ctl(&["vdi", "tree"]);
+    expect(&o, 0, "");
+    assert!(
+        o.text()
+            .contains(&format!("alpha---[{}]---(you are here)\n", ctime("2"))),
+        "{o:?}"
+    );
+    let o = s.ctl(&["vdi", "tree", "-h"]);
+    expect(&o, 0, "");
+    assert!(o
+        .text()
+        .starts_with("Usage: sheepctl vdi tree [-a address] [-p port] [-h] [-T]\n"));
+}

@@ -277,16 +277,6 @@ fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> std::io::Result<()> {
     }
 }
 
-fn lseek(f: &File, off: u64, whence: i32) -> std::io::Result<u64> {
-    // SAFETY: plain syscall on an open fd.
-    let r = unsafe { libc::lseek(f.as_raw_fd(), off as i64, whence) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r as u64)
-    }
-}
-
 /// PUNCH_HOLE and ZERO_RANGE: whole objects discarded, partial ones zeroed;
 /// SEEK_DATA/SEEK_HOLE follow the inode map.
 #[test]

@@ -66,7 +66,8 @@ _sheepctl() {
             esac
         done
         [[ $sub == lock ]] && ((n--))
-        if ((n == 0)) && [[ $sub != create ]]; then
+        # create names a new VDI; tree takes no argument.
+        if ((n == 0)) && [[ $sub != create && $sub != tree ]]; then
             COMPREPLY=($(compgen -W "$(sheepctl vdi list -r "${addr[@]}" 2>/dev/null | awk '{ print $2 }' | sort -u)" -- "$cur"))
         fi
     fi

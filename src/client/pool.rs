@@ -354,6 +354,20 @@ impl Client {
                 self.pass_fences(owner, scope, deadline).await?;
             }
             let e = match self.attempt(&req, buf.take().unwrap_or_default()).await {
+                // Sheep rejected the request unexecuted because it is
+                // restarting (waiting for the nodes of its last epoch) or
+                // going down: wait for it as for a dead one.
+                Ok((hdr, _))
+                    if restarting(&req, &hdr)
+                        && Instant::now() < deadline
+                        && !self.inner.closed.load(Ordering::Acquire) =>
+                {
+                    tracing::debug!(result = ?hdr.result(), op = op::name(req.hdr.opcode), "sheep not ready; retrying");
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(backoff.min(left)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
                 Ok(r) => return Ok(r),
                 Err((e, conn)) => {
                     if let (Some(scope), Some(conn)) = (&scope, conn) {
@@ -398,4 +412,14 @@ impl Client {
             res => Err(Error::sheep(opcode, res)),
         }
     }
+}
+
+/// A reply of a sheep that is restarting (WAIT_FOR_JOIN: back from a stop,
+/// waiting for the other nodes of its last epoch) or shutting down (KILLED):
+/// the request was refused before it ran, so sending it again is safe.
+/// STAT_CLUSTER answers WAIT_FOR_JOIN as the cluster's status, not as a
+/// refusal.
+fn restarting(req: &Request, rsp: &RspHeader) -> bool {
+    matches!(rsp.result(), SdRes::WAIT_FOR_JOIN | SdRes::KILLED)
+        && req.hdr.opcode != op::STAT_CLUSTER
 }

@@ -30,6 +30,7 @@ pub async fn dispatch(ctx: &mut Ctx, inv: &Invocation) -> R<i32> {
         }
         Cmd::NodeInfo => node_info(ctx).await,
         Cmd::VdiList => vdi_list(ctx, inv).await,
+        Cmd::VdiTree => super::tree::vdi_tree(ctx).await,
         Cmd::VdiCreate => vdi_create(ctx, inv).await,
         Cmd::VdiSnapshot => vdi_snapshot(ctx, inv).await,
         Cmd::VdiClone => vdi_clone(ctx, inv).await,

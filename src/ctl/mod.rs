@@ -11,6 +11,7 @@ mod cmds;
 pub mod dog;
 pub mod getopt;
 mod progress;
+mod tree;
 
 use crate::client::{Options, SheepAddr};
 use dog::Ctx;
@@ -175,6 +176,7 @@ pub enum Cmd {
     VdiClone,
     VdiDelete,
     VdiList,
+    VdiTree,
     VdiSetattr,
     VdiGetattr,
     VdiResize,
@@ -271,6 +273,14 @@ const VDI_CMDS: &[Sub] = &[
         "list images",
         0,
         Cmd::VdiList,
+    ),
+    sub(
+        "tree",
+        None,
+        "aphT",
+        "show images in tree view format",
+        0,
+        Cmd::VdiTree,
     ),
     sub(
         "setattr",

@@ -163,6 +163,20 @@ impl Cluster {
         run_prog(&self.dog, &all, stdin, &[], CMD_LIMIT)
     }
 
+    /// `dog vdi read [-s TAG] NAME OFF LEN`'s bytes; dog must succeed.
+    #[track_caller]
+    pub fn dog_read(&self, name: &str, tag: Option<&str>, off: u64, len: u64) -> Vec<u8> {
+        let (off, len) = (off.to_string(), len.to_string());
+        let mut args = vec!["vdi", "read"];
+        if let Some(t) = tag {
+            args.extend(["-s", t]);
+        }
+        args.extend([name, &off, &len]);
+        let o = self.dog(&args);
+        assert_eq!(o.code, 0, "dog {args:?}: {o:?}");
+        o.stdout
+    }
+
     /// Runs sheepctl the same way.
     pub fn ctl(&self, args: &[&str]) -> Out {
         self.ctl_stdin(args, &[])

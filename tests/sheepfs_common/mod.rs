@@ -7,6 +7,7 @@ use crate::common::{bin, SheepLite};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -309,6 +310,17 @@ pub fn pread_exact(f: &File, off: u64, len: usize) -> Vec<u8> {
     f.read_exact_at(&mut b, off)
         .unwrap_or_else(|e| panic!("pread {len} at {off}: {e}"));
     b
+}
+
+/// lseek(2) on an open file (SEEK_DATA and SEEK_HOLE included).
+pub fn lseek(f: &File, off: u64, whence: i32) -> io::Result<u64> {
+    // SAFETY: plain syscall on an open fd.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off as i64, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
 }
 
 pub fn sha256(b: &[u8]) -> String {
