@@ -87,7 +87,7 @@ struct Args {
     timeout: u64,
 
     /// Threads reading FUSE requests.
-    #[arg(long = "fuse-threads", value_name = "N", default_value_t = 4,
+    #[arg(long = "fuse-threads", value_name = "N", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     fuse_threads: u16,
 }

@@ -29,7 +29,11 @@ pub const MAX_WRITE: u32 = 1 << 20;
 /// Mount-time settings of the FUSE session.
 #[derive(Debug, Clone)]
 pub struct MountConfig {
-    /// Threads reading `/dev/fuse`.
+    /// Threads reading `/dev/fuse`. Two by default: a FUSE thread only
+    /// decodes a request and sends it (replies leave from the runtime), and
+    /// every idle one is a sleeping reader the kernel wakes for the next
+    /// request, where a busy one would have picked it up itself (4k random
+    /// reads at depth 16: 0.50-0.53 of the client with 4, 0.62-0.65 with 2).
     pub threads: usize,
     pub allow_other: bool,
     /// The source column of /proc/mounts (the sheep's address).
@@ -39,7 +43,7 @@ pub struct MountConfig {
 impl Default for MountConfig {
     fn default() -> Self {
         MountConfig {
-            threads: 4,
+            threads: 2,
             allow_other: false,
             fsname: "sheepfs".into(),
         }
