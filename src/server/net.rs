@@ -174,7 +174,7 @@ impl Ctx {
     }
 
     /// Hands free memory back to the system: cached large buffers idle for
-    /// [`BUFFER_IDLE`] (see [`super::alloc`]), and free heap memory (glibc
+    /// a second (`BUFFER_IDLE`; see `server::alloc`), and free heap memory (glibc
     /// keeps freed arena memory otherwise) when the server has become quiet
     /// after reserving much, or has just released a lot (connections
     /// holding big buffers closed). Called periodically; blocking (it walks
