@@ -2,11 +2,12 @@
 //! byte-range lock and the per-object allocation locks of `Volume`
 //! (src/client/lock.rs) and the fills of `ObjectCache` (src/client/cache.rs).
 //!
-//! Both files are compiled here against a `sync` of this test whose mutex is
-//! parking_lot's with a Shuttle scheduling point before each lock and after
-//! each unlock. Shuttle runs every task on one thread and decides, at each
-//! such point and at each await that has to wait, which task runs next,
-//! at random, over many schedules. A check fails on a broken
+//! Both files are compiled here against a `sync` of this test
+//! (tests/shuttle_common/sync.rs) whose mutex is parking_lot's with a
+//! Shuttle scheduling point before each lock and after each unlock.
+//! Shuttle runs every task on one thread and decides, at each such point
+//! and at each await that has to wait, which task runs next, at random,
+//! over many schedules. A check fails on a broken
 //! invariant, and on a deadlock (every task waiting: a lost wake-up).
 //!
 //! Why Shuttle rather than loom: the code is async and waits on tokio's
@@ -20,55 +21,8 @@
 
 /// What lock.rs and cache.rs import as `super::sync`.
 #[allow(dead_code)]
-mod sync {
-    pub use tokio::sync::Notify;
-
-    /// A scheduling point, inside a Shuttle test (the files' own unit
-    /// tests, compiled here too, run outside one).
-    fn point() {
-        if shuttle::current::try_get_current_task().is_some() && !std::thread::panicking() {
-            shuttle::thread::yield_now();
-        }
-    }
-
-    #[derive(Default)]
-    pub struct Mutex<T>(parking_lot::Mutex<T>);
-
-    pub struct Guard<'a, T>(Option<parking_lot::MutexGuard<'a, T>>);
-
-    impl<T> Mutex<T> {
-        pub fn new(t: T) -> Self {
-            Mutex(parking_lot::Mutex::new(t))
-        }
-        /// Never held across a scheduling point: Shuttle runs one task
-        /// at a time, so the critical section is atomic, and the points
-        /// around it are where other tasks get in.
-        pub fn lock(&self) -> Guard<'_, T> {
-            point();
-            Guard(Some(self.0.lock()))
-        }
-    }
-
-    impl<T> std::ops::Deref for Guard<'_, T> {
-        type Target = T;
-        fn deref(&self) -> &T {
-            self.0.as_ref().expect("guard in use")
-        }
-    }
-
-    impl<T> std::ops::DerefMut for Guard<'_, T> {
-        fn deref_mut(&mut self) -> &mut T {
-            self.0.as_mut().expect("guard in use")
-        }
-    }
-
-    impl<T> Drop for Guard<'_, T> {
-        fn drop(&mut self) {
-            self.0.take();
-            point();
-        }
-    }
-}
+#[path = "shuttle_common/sync.rs"]
+mod sync;
 
 #[allow(dead_code)]
 #[path = "../src/client/lock.rs"]
@@ -78,24 +32,14 @@ mod lock;
 #[path = "../src/client/cache.rs"]
 mod cache;
 
+mod shuttle_common;
+
 use cache::ObjectCache;
 use lock::{KeyedLocks, RangeLock};
 use shuttle::future::{block_on, spawn, yield_now};
+use shuttle_common::check;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-fn iterations() -> usize {
-    std::env::var("SHUTTLE_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2000)
-}
-
-/// Runs `f` under `iterations()` random schedules (Shuttle's PCT scheduler,
-/// with few preemptions, missed every bug planted in these files).
-fn check(f: impl Fn() + Send + Sync + 'static) {
-    shuttle::check_random(f, iterations());
-}
 
 /// Overlapping ranges are never held at once, each waiter is woken (no
 /// deadlock), disjoint ranges do not wait for each other, and the lock ends

@@ -12,13 +12,18 @@
 //! the last reply), so [`Conn::drained`] turning true means that no request
 //! sent on this connection can still be executing. The write fences of
 //! [`super::Client`] rest on this.
+//!
+//! The file uses nothing of the crate but its parent's types and
+//! `crate::proto`, and locks and spawns through `super::sync`, so that
+//! tests/shuttle_conn.rs can compile it onto Shuttle's executor and explore
+//! the interleavings of callers, cancels and kills.
 
 use super::request::Request;
+use super::sync::{spawn, Mutex};
 use super::transport::Connector;
 use super::{Error, Result, SheepAddr};
 use crate::proto::{ReqHeader, RspHeader, SD_RSP_SIZE};
 use bytes::{BufMut, Bytes, BytesMut};
-use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -120,7 +125,9 @@ impl Conn {
         }
     }
 
-    fn start<R, W>(addr: String, r: R, w: W) -> Conn
+    /// Runs a connection over `r` and `w` (tests/shuttle_conn.rs drives it
+    /// over an in-memory socket).
+    pub(super) fn start<R, W>(addr: String, r: R, w: W) -> Conn
     where
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
@@ -139,8 +146,8 @@ impl Conn {
             boxed,
         )));
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(writer(shared.clone(), sink.clone(), queued.clone(), rx));
-        tokio::spawn(reader(shared.clone(), r));
+        spawn(writer(shared.clone(), sink.clone(), queued.clone(), rx));
+        spawn(reader(shared.clone(), r));
         Conn {
             shared,
             sink,

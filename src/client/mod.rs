@@ -85,11 +85,13 @@ mod transport;
 mod vdi;
 pub mod volume;
 
-/// What `lock` and `cache` synchronise with. tests/shuttle_locks.rs compiles
-/// those two files against a `sync` of its own, which adds Shuttle's
-/// scheduling points around each lock.
+/// What `lock`, `cache` and `conn` synchronise with and spawn on.
+/// tests/shuttle_locks.rs and tests/shuttle_conn.rs compile those files
+/// against a `sync` of their own, which adds Shuttle's scheduling points
+/// around each lock and spawns on Shuttle's executor.
 mod sync {
     pub(crate) use parking_lot::Mutex;
+    pub(crate) use tokio::spawn;
     pub(crate) use tokio::sync::Notify;
 }
 
