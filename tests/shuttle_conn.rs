@@ -53,9 +53,10 @@
 
 mod shuttle_common;
 
-// What conn.rs imports from its parent, `sheepfs::client`: this file
-// stands in for it.
+// What conn.rs imports from its parent, `sheepfs::client`, and from the
+// crate (`crate::proto`): this file stands in for both.
 use sheepfs::client::{Error, Result, SheepAddr};
+use sheepfs::proto;
 
 #[allow(dead_code, unused_imports)]
 #[path = "shuttle_common/sync.rs"]
@@ -79,8 +80,6 @@ mod transport {
 #[allow(dead_code)]
 #[path = "../src/client/conn.rs"]
 mod conn;
-
-use sheepfs::proto;
 
 use bytes::{Bytes, BytesMut};
 use conn::Conn;
