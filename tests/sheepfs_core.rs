@@ -5,6 +5,7 @@ mod common;
 
 use common::{pattern, SheepLite};
 use sheepfs::fs::control::VolumeSpec;
+use sheepfs::fs::readahead;
 use sheepfs::fs::tree::{self, Kind};
 use sheepfs::fs::{FsCore, FsOptions};
 use std::sync::Arc;
@@ -263,11 +264,15 @@ async fn read_ahead_follows_streams_and_never_serves_stale_data() {
     }
     wait_reads(&c, "vol", 24).await;
     assert_eq!(volume_reads(&c, "vol").await, 24);
+    // Data read ahead too long ago is read again (and the stream goes on).
+    tokio::time::sleep(readahead::MAX_AGE + std::time::Duration::from_millis(20)).await;
+    same(&read(20 * B).await, &model[20 * B..21 * B], 20 * B);
+    wait_reads(&c, "vol", 26).await;
     // A jump elsewhere drops it and starts no read-ahead; reading on from
     // there starts a new stream.
     same(&read(100 * B).await, &model[100 * B..101 * B], 100 * B);
     same(&read(101 * B).await, &model[101 * B..102 * B], 101 * B);
-    wait_reads(&c, "vol", 27).await;
+    wait_reads(&c, "vol", 29).await;
     // A discard of whole objects drops it too.
     c.fallocate(v, 4 << 20, 4 << 20, punch).await.unwrap();
     model[4 << 20..].fill(0);

@@ -13,12 +13,17 @@
 //! that takes data read ahead while a write to the same range is still
 //! running is concurrent with that write, so either content is right.
 //! Volumes others may write (read-only attachments of a working VDI) are not
-//! read ahead. Memory is bounded by [`Budget`] across all volumes.
+//! read ahead. Nor is anything older than [`MAX_AGE`] served: on a cluster
+//! that does not enforce VDI locks (formatted without `-l`), a client
+//! ignoring ours could write underneath, and a stream that pauses must not
+//! resume with data read long before. Memory is bounded by [`Budget`] across
+//! all volumes.
 
 use crate::client::{self, Volume};
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -26,6 +31,10 @@ use tracing::Instrument;
 /// streams of 1 MiB reads (a volume holds its read-ahead until its last
 /// open file closes).
 pub const BUDGET: usize = 32 << 20;
+
+/// Data read ahead longer ago than this is dropped (a stream takes it
+/// within milliseconds).
+pub const MAX_AGE: Duration = Duration::from_millis(100);
 
 /// Bytes held by read-ahead across a mount's volumes.
 #[derive(Debug)]
@@ -72,6 +81,7 @@ struct Ahead {
     size: u32,
     /// [`ReadAhead::changes`] when it was started.
     changes: u64,
+    started: Instant,
     data: JoinHandle<client::Result<Bytes>>,
     _held: Reservation,
 }
@@ -126,16 +136,16 @@ impl ReadAhead {
         let taken = {
             let mut s = self.slot.lock();
             let now = self.changes.load(Ordering::Acquire);
-            let taken = s
-                .next
-                .take()
-                .filter(|a| a.off == off && a.size == size && a.changes == now);
+            let taken = s.next.take().filter(|a| {
+                (a.off, a.size, a.changes) == (off, size, now) && a.started.elapsed() < MAX_AGE
+            });
             let end = off.saturating_add(size.into());
             if s.last_end == Some(off) && size > 0 && end < vol.size() {
                 s.next = budget.reserve(size as usize).map(|held| Ahead {
                     off: end,
                     size,
                     changes: now,
+                    started: Instant::now(),
                     data: tokio::spawn(read_span(vol.clone(), end, size)),
                     _held: held,
                 });
