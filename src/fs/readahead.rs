@@ -44,6 +44,7 @@ pub struct Budget {
 }
 
 impl Budget {
+    /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Budget {
             used: AtomicUsize::new(0),
