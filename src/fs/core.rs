@@ -4,6 +4,7 @@
 
 use super::control::{self, Line, VolumeSpec};
 use super::error::{FsError, FsResult};
+use super::readahead::{self, Budget, ReadAhead};
 use super::text::{self, FuseParams, VolumeInfo};
 use super::tree::{self, Attr, Control, Kind, StateFile, Static};
 use crate::client::{self, Client, LockMode, ObjectCache, OpenOptions, Options, Volume};
@@ -93,6 +94,7 @@ pub struct Attached {
     /// Read-only attachments of a working VDI take no lock, so others may
     /// write it: when was the inode map last read.
     refreshed: Option<parking_lot::Mutex<Instant>>,
+    ahead: ReadAhead,
 }
 
 /// How stale the map of a read-only working attachment may get before a
@@ -276,6 +278,8 @@ pub struct FsCore {
     /// read-write attach).
     cluster_locking: tokio::sync::OnceCell<bool>,
     warned_no_locking: AtomicBool,
+    /// Memory that read-ahead may hold across all volumes.
+    ahead_budget: Arc<Budget>,
 }
 
 /// `size` bytes at `off` of a text (shared, not copied).
@@ -314,6 +318,7 @@ impl FsCore {
             invalidator: RwLock::new(None),
             cluster_locking: tokio::sync::OnceCell::new(),
             warned_no_locking: AtomicBool::new(false),
+            ahead_budget: Budget::new(readahead::BUDGET),
         }
     }
 
@@ -682,7 +687,9 @@ impl FsCore {
     pub fn release(&self, fh: u64) {
         if let Some(h) = self.handles.write().remove(&fh) {
             if let Handle::Volume(a) = &*h {
-                a.open.fetch_sub(1, Ordering::AcqRel);
+                if a.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    a.ahead.clear();
+                }
             }
         }
     }
@@ -693,6 +700,13 @@ impl FsCore {
             Handle::Volume(a) => {
                 debug_assert_eq!(a.ino, ino);
                 self.refresh_if_stale(a, off, size).await?;
+                // Not for volumes that others may write (see readahead).
+                if a.refreshed.is_none() {
+                    let ahead = a.ahead.read(&a.vol, &self.ahead_budget, off, size);
+                    if let Some(d) = ahead.await {
+                        return Ok(d);
+                    }
+                }
                 a.vol.read_bytes(off, size as usize).await.map_err(|e| {
                     FsError::client(
                         format_args!("read of {size} bytes at {off} from volume {}", a.file),
@@ -761,6 +775,7 @@ impl FsCore {
             .len()
             .min(usize::try_from(size - off).unwrap_or(usize::MAX));
         data.truncate(n);
+        let _change = a.ahead.change();
         a.vol.write_bytes(off, data).await.map_err(|e| {
             FsError::client(
                 format_args!("write of {n} bytes at {off} to volume {}", a.file),
@@ -818,6 +833,7 @@ impl FsCore {
                 ),
             ));
         }
+        let _change = a.ahead.change();
         a.vol.resize(new).await.map_err(|e| {
             FsError::client(
                 format_args!("resize of volume {} from {size} to {new} bytes", a.file),
@@ -875,11 +891,13 @@ impl FsCore {
             return Ok(());
         }
         a.discards.fetch_add(1, Ordering::Relaxed);
+        let change = a.ahead.change();
         let r = if punch {
             a.vol.discard(off, end - off).await
         } else {
             a.vol.write_zeroes(off, end - off).await
         };
+        drop(change);
         a.touch();
         r.map_err(|e| {
             FsError::client(
@@ -1040,6 +1058,7 @@ impl FsCore {
                 discards: AtomicU64::new(0),
                 refreshed: (read_only && !spec.is_snapshot())
                     .then(|| parking_lot::Mutex::new(Instant::now())),
+                ahead: ReadAhead::default(),
             });
             v.by_name.insert(file.clone(), a.clone());
             v.by_ino.insert(ino, a.clone());

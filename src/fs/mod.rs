@@ -33,6 +33,7 @@ pub mod daemon;
 pub mod error;
 pub mod fuse;
 pub mod mountopt;
+pub mod readahead;
 pub mod text;
 pub mod tree;
 

@@ -189,11 +189,22 @@ impl Mount {
         assert!(self.p(&format!("volume/{name}")).exists());
     }
 
+    /// Detaches `name`, waiting (with a deadline) while it is busy: a loop
+    /// device lets go of its file after `losetup -d` returns (the kernel
+    /// closes it later), so its FUSE release may still be on its way.
     #[track_caller]
     pub fn detach(&self, name: &str) {
         let line = format!("{name}\n");
-        self.write_ctl("vdi/unmount", line.as_bytes())
-            .unwrap_or_else(|e| panic!("detach {name}: {e}\n{}", self.log_text()));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.write_ctl("vdi/unmount", line.as_bytes()) {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("detach {name}: {e}\n{}", self.log_text()),
+            }
+        }
         assert!(!self.p(&format!("volume/{name}")).exists());
     }
 
