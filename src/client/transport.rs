@@ -62,6 +62,7 @@ pub(crate) fn unix_halves(s: tokio::net::UnixStream) -> io::Result<(UnixRead, Un
         UnixWrite {
             sock: fd,
             room: None,
+            last_whole: true,
         },
     ))
 }
@@ -80,9 +81,12 @@ pub(crate) struct UnixRead(Arc<AsyncFd<UnixStream>>);
 pub(crate) struct UnixWrite {
     sock: Arc<AsyncFd<UnixStream>>,
     /// A second descriptor of the socket, registered for writability while
-    /// the socket is full; dropped (deregistered) once a write takes all it
-    /// is offered.
+    /// the socket is full; dropped (deregistered) once two writes in a row
+    /// take all they are offered (so that a stream of messages larger than
+    /// the socket buffer keeps one registration).
     room: Option<AsyncFd<OwnedFd>>,
+    /// The last write took all it was offered.
+    last_whole: bool,
 }
 
 impl AsyncRead for UnixRead {
@@ -135,13 +139,15 @@ impl UnixWrite {
             let mut sock: &UnixStream = self.sock.get_ref();
             match sock.write_vectored(bufs) {
                 Ok(n) => {
-                    if n == offered {
+                    let whole = n == offered;
+                    if whole && self.last_whole {
                         self.room = None;
                     }
+                    self.last_whole = whole;
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.last_whole = false,
                 Err(e) => return Poll::Ready(Err(e)),
             }
             if self.room.is_none() {
@@ -206,7 +212,7 @@ mod tests {
     }
 
     /// Writes far larger than the socket buffer wait for room and arrive
-    /// whole and in order; once a write has gone through, no writability
+    /// whole and in order; once writes go through again, no writability
     /// registration is left; shutdown ends the peer's stream.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn full_socket_waits_for_room_and_data_arrives_whole() {
@@ -214,7 +220,8 @@ mod tests {
         let data: Vec<u8> = (0..8usize << 20)
             .map(|i| (i * 31 + i / 4096) as u8)
             .collect();
-        let sent = data.clone();
+        let mut sent = data.clone();
+        sent.extend_from_slice(b"end");
         let echo = tokio::spawn(async move {
             // Slow at first, so that the writer finds the socket full.
             let mut got = Vec::new();
@@ -241,6 +248,10 @@ mod tests {
             assert!(n > 0);
             IoSlice::advance_slices(&mut bufs, n);
         }
+        // The last write of the stream took all it was offered; one more
+        // (a small message) ends the writability registration.
+        assert!(w.room.is_some(), "the socket never filled up");
+        w.write_all(b"end").await.unwrap();
         assert!(w.room.is_none(), "writability registration left behind");
         w.shutdown().await.unwrap();
         echo.await.unwrap();
