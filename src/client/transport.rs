@@ -55,11 +55,13 @@ where
 /// every round trip, which at queue depth 1 is several microseconds a
 /// request. (TCP wakes for room only after a write found none.)
 pub(crate) fn unix_halves(s: tokio::net::UnixStream) -> io::Result<(UnixRead, UnixWrite)> {
+    let rt = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
     let s = s.into_std()?;
     let fd = Arc::new(register(s, Interest::READABLE)?);
     Ok((
         UnixRead(fd.clone()),
         UnixWrite {
+            rt,
             sock: fd,
             room: None,
             last_whole: true,
@@ -79,6 +81,9 @@ pub(crate) struct UnixRead(Arc<AsyncFd<UnixStream>>);
 
 /// The writing half of [`unix_halves`].
 pub(crate) struct UnixWrite {
+    /// The runtime the socket is registered with: a write may be polled
+    /// from a thread that is not in it.
+    rt: tokio::runtime::Handle,
     sock: Arc<AsyncFd<UnixStream>>,
     /// A second descriptor of the socket, registered for writability while
     /// the socket is full; dropped (deregistered) once two writes in a row
@@ -154,6 +159,7 @@ impl UnixWrite {
                 let fd = self.sock.get_ref().as_fd().try_clone_to_owned()?;
                 // Registered after the failed write: room made since then
                 // is reported by the registration itself.
+                let _rt = self.rt.enter();
                 self.room = Some(register(fd, Interest::WRITABLE)?);
             }
             let Some(room) = self.room.as_ref() else {
@@ -258,5 +264,25 @@ mod tests {
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"reply");
+    }
+
+    /// A write polled from a thread outside the runtime (as FUSE threads
+    /// may) waits for room too.
+    #[test]
+    fn write_polled_outside_the_runtime_waits_for_room() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (_r, mut w, mut peer) = rt.block_on(async { pair() });
+        let data: Vec<u8> = (0..4usize << 20).map(|i| (i % 251) as u8).collect();
+        let sent = data.clone();
+        let echo = rt.spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got == sent
+        });
+        futures::executor::block_on(async {
+            w.write_all(&data).await.unwrap();
+            w.shutdown().await.unwrap();
+        });
+        assert!(rt.block_on(echo).unwrap(), "bytes differ");
     }
 }
