@@ -110,7 +110,7 @@ impl Conn {
                 }
                 SheepAddr::Unix(path) => {
                     let s = tokio::net::UnixStream::connect(path).await?;
-                    let (r, w) = s.into_split();
+                    let (r, w) = super::transport::unix_halves(s)?;
                     Ok(Conn::start(name.clone(), r, w))
                 }
             }
