@@ -75,6 +75,17 @@ mod transport {
             + Send
             + Sync,
     >;
+
+    /// conn.rs's Unix-socket branch, never taken here (the checks run over
+    /// an in-memory socket): tokio's own halves stand in for the library's.
+    pub fn unix_halves(
+        s: tokio::net::UnixStream,
+    ) -> std::io::Result<(
+        tokio::net::unix::OwnedReadHalf,
+        tokio::net::unix::OwnedWriteHalf,
+    )> {
+        Ok(s.into_split())
+    }
 }
 
 #[allow(dead_code)]
