@@ -318,7 +318,7 @@ impl FsCore {
             invalidator: RwLock::new(None),
             cluster_locking: tokio::sync::OnceCell::new(),
             warned_no_locking: AtomicBool::new(false),
-            ahead_budget: Budget::new(readahead::BUDGET),
+            ahead_budget: Arc::new(Budget::new(readahead::BUDGET)),
         }
     }
 

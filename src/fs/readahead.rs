@@ -21,9 +21,10 @@
 
 use crate::client::{self, Volume};
 use bytes::Bytes;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -36,44 +37,13 @@ pub const BUDGET: usize = 32 << 20;
 /// within milliseconds).
 pub const MAX_AGE: Duration = Duration::from_millis(100);
 
-/// Bytes held by read-ahead across a mount's volumes.
-#[derive(Debug)]
-pub struct Budget {
-    used: AtomicUsize,
-    limit: usize,
-}
+/// Bytes that read-ahead may still take across a mount's volumes, one
+/// permit a byte (the same bounded-memory tool as sheep-lite's budgets).
+pub type Budget = Semaphore;
 
-impl Budget {
-    /// A budget of `limit` bytes.
-    pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(Budget {
-            used: AtomicUsize::new(0),
-            limit,
-        })
-    }
-
-    fn reserve(self: &Arc<Self>, n: usize) -> Option<Reservation> {
-        self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                u.checked_add(n).filter(|&t| t <= self.limit)
-            })
-            .ok()
-            .map(|_| Reservation(self.clone(), n))
-    }
-
-    /// Bytes reserved now.
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
-    }
-}
-
-/// Gives its bytes back to the budget when dropped.
-struct Reservation(Arc<Budget>, usize);
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        self.0.used.fetch_sub(self.1, Ordering::AcqRel);
-    }
+/// Holds `n` bytes of `budget` until dropped, if it has them to spare.
+fn reserve(budget: &Arc<Budget>, n: u32) -> Option<OwnedSemaphorePermit> {
+    budget.clone().try_acquire_many_owned(n).ok()
 }
 
 /// A read started ahead of its request.
@@ -84,7 +54,7 @@ struct Ahead {
     changes: u64,
     started: Instant,
     data: JoinHandle<client::Result<Bytes>>,
-    _held: Reservation,
+    _held: OwnedSemaphorePermit,
 }
 
 #[derive(Default)]
@@ -142,7 +112,7 @@ impl ReadAhead {
             });
             let end = off.saturating_add(size.into());
             if s.last_end == Some(off) && size > 0 && end < vol.size() {
-                s.next = budget.reserve(size as usize).map(|held| Ahead {
+                s.next = reserve(budget, size).map(|held| Ahead {
                     off: end,
                     size,
                     changes: now,
@@ -176,14 +146,14 @@ mod tests {
 
     #[test]
     fn budget_bounds_and_returns() {
-        let b = Budget::new(10);
-        let r1 = b.reserve(6).unwrap();
-        assert!(b.reserve(5).is_none());
-        let r2 = b.reserve(4).unwrap();
-        assert_eq!(b.used(), 10);
+        let b = Arc::new(Budget::new(10));
+        let r1 = reserve(&b, 6).unwrap();
+        assert!(reserve(&b, 5).is_none());
+        let r2 = reserve(&b, 4).unwrap();
+        assert_eq!(b.available_permits(), 0);
         drop(r1);
-        assert_eq!(b.used(), 4);
+        assert_eq!(b.available_permits(), 6);
         drop(r2);
-        assert_eq!(b.used(), 0);
+        assert_eq!(b.available_permits(), 10);
     }
 }
