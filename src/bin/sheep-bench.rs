@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
     about = "Benchmark the sheepfs client library against a sheep"
 )]
 struct Args {
-    /// Sheep address: HOST[:PORT], tcp:HOST:PORT or unix:PATH.
+    /// Sheep address: HOST or HOST:PORT, tcp:HOST:PORT or unix:PATH.
     #[arg(short, long, default_value = "127.0.0.1:7000")]
     addr: String,
     /// VDI to use (must exist and be at least --size bytes); the name
