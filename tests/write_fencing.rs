@@ -3,7 +3,8 @@
 //! new connection and goes on with newer overlapping writes while the stale
 //! original still sleeps in the server. The final data must be what the
 //! newest acknowledged writes say, every time, over many seeds
-//! (`SHEEPFS_FENCE_SEEDS`, default 12).
+//! (`SHEEPFS_FENCE_SEEDS`, default 12). And a resize whose inode write was
+//! retried must not undo a snapshot that another client took meanwhile.
 //!
 //! Needs sheep-lite built with `--features fault-injection`.
 #![cfg(feature = "fault-injection")]
@@ -12,7 +13,7 @@ mod common;
 
 use common::SheepLite;
 use rand::{Rng, SeedableRng};
-use sheepfs::client::{Client, CreateOptions, OpenOptions, Options, Volume};
+use sheepfs::client::{Client, CreateOptions, OpenOptions, Options, SnapSel, Volume};
 use std::time::{Duration, Instant};
 
 const OBJ: u64 = 4 << 20;
@@ -24,6 +25,22 @@ fn seeds() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(12)
+}
+
+/// A formatted sheep-lite with the fault `rule`, and a client that gives up
+/// on a request after 150 ms (and retries it).
+fn faulty_server(rule: &str) -> (SheepLite, Client) {
+    let s = SheepLite::start_with_env(&[("SHEEP_LITE_REQ_FAULTS", rule)]);
+    s.ctl(&["cluster", "format"]).assert_ok();
+    let c = Client::new(
+        s.addr(),
+        Options {
+            request_timeout: Duration::from_millis(150),
+            retry_timeout: Duration::from_secs(30),
+            ..Default::default()
+        },
+    );
+    (s, c)
 }
 
 /// Polls until the client has no write in doubt (the stale copy has run).
@@ -42,16 +59,7 @@ async fn run_seed(seed: u64) {
     let nth = 2 + rng.gen_range(1..=6);
     let delay = rng.gen_range(300..800);
     let rule = format!("WRITE_OBJ:{nth}:delay={delay}");
-    let s = SheepLite::start_with_env(&[("SHEEP_LITE_REQ_FAULTS", &rule)]);
-    s.ctl(&["cluster", "format"]).assert_ok();
-    let c = Client::new(
-        s.addr(),
-        Options {
-            request_timeout: Duration::from_millis(150),
-            retry_timeout: Duration::from_secs(30),
-            ..Default::default()
-        },
-    );
+    let (s, c) = faulty_server(&rule);
     c.create_vdi("f", 2 * OBJ, &CreateOptions::default())
         .await
         .expect("create");
@@ -90,4 +98,54 @@ async fn a_retried_write_never_overwrites_a_newer_one() {
     for seed in 0..seeds() {
         run_seed(seed).await;
     }
+}
+
+/// A volume's resize writes the inode; that write times out and is retried,
+/// and while the stale first copy still sleeps in the server, another client
+/// snapshots the VDI (as `dog vdi snapshot` would). When the stale copy runs
+/// it must not touch the snapshot: it once carried the whole header, whose
+/// tag and snap_ctime (empty, 0) then erased the snapshot, leaving two
+/// working VDIs of that name (found by tests/volume_model.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_resize_never_undoes_a_snapshot_taken_meanwhile() {
+    // The resize's inode write is the first WRITE_OBJ of the run.
+    let (s, c) = faulty_server("WRITE_OBJ:1:delay=3000");
+    let admin = Client::new(s.addr(), Options::default());
+    admin
+        .create_vdi("m", OBJ, &CreateOptions::default())
+        .await
+        .expect("create");
+    let v = Volume::open(c.clone(), "m", OpenOptions::default())
+        .await
+        .expect("open");
+    v.resize(2 * OBJ).await.expect("resize");
+    assert!(
+        c.writes_in_doubt() > 0,
+        "the resize's write was not left in doubt: the test did not test"
+    );
+    let old = admin
+        .vdi_lookup("m", &SnapSel::Working)
+        .await
+        .expect("lookup")
+        .vid;
+    admin.snapshot_vdi("m", "s0").await.expect("snapshot");
+    settle(&c).await;
+
+    let snap = admin
+        .vdi_lookup("m", &SnapSel::Tag("s0".into()))
+        .await
+        .expect("the snapshot s0, after the stale write ran");
+    assert_eq!(snap.vid, old, "the snapshot is the VDI that was resized");
+    let h = admin.read_inode_header(old).await.expect("snapshot header");
+    assert!(h.is_snapshot(), "snap_ctime of the snapshot was cleared");
+    assert_eq!((h.tag.as_str(), h.vdi_size), ("s0", 2 * OBJ));
+    let work = admin
+        .vdi_lookup("m", &SnapSel::Working)
+        .await
+        .expect("working VDI")
+        .vid;
+    assert_ne!(work, old);
+    let h = admin.read_inode_header(work).await.expect("working header");
+    assert!(!h.is_snapshot());
+    assert_eq!(h.vdi_size, 2 * OBJ);
 }

@@ -503,12 +503,18 @@ impl Client {
         self.resize_inode(vid, new_size, false).await.map(|_| ())
     }
 
-    /// Sets the size of VDI `vid` as dog's `vdi resize` does: reads the
-    /// inode header, refuses a shrink or a size the inode cannot map, writes
-    /// the header back (both DIRECT). With `unless_snapshot`, a VDI that is
-    /// a snapshot is left as it is, and so is one that became a snapshot
-    /// while its header was written (the old size is put back): Ok(false),
-    /// so the caller can follow the working VDI and retry.
+    /// Sets the size of VDI `vid`: reads the inode header, refuses a shrink
+    /// or a size the inode cannot map, writes the new size (both DIRECT).
+    ///
+    /// Without `unless_snapshot` (`vdi resize`), the whole header is written
+    /// back, as dog does. With it (a volume in use), only the 8 bytes of
+    /// `vdi_size` are, and a VDI that is a snapshot is left as it is, and so
+    /// is one that became a snapshot meanwhile (its old size is put back):
+    /// Ok(false), so the caller can follow the working VDI and retry. A
+    /// snapshot may be taken underneath by another client at any time, and a
+    /// write of ours that timed out may still land after it; writing the
+    /// whole header back would then clear the snapshot's tag and snap_ctime
+    /// (the snapshot lost, its VDI a second working VDI of that name).
     pub(crate) async fn resize_inode(
         &self,
         vid: u32,
@@ -528,16 +534,26 @@ impl Client {
         }
         check_size(new_size, h.block_size_shift, h.is_hyper())?;
         let ioid = oid::vid_to_vdi_oid(vid);
-        let put = |h: &InodeHeader| {
-            let w = ObjWrite::new(ioid, 0, h.encode());
-            self.write_object_dog(w, redundancy(h), true)
-        };
-        let old_size = h.vdi_size;
-        h.vdi_size = new_size;
-        put(&h).await.map_err(at(Step::WriteInode, ioid))?;
+        let copies = redundancy(&h);
         if !unless_snapshot {
+            h.vdi_size = new_size;
+            let w = ObjWrite::new(ioid, 0, h.encode());
+            self.write_object_dog(w, copies, true)
+                .await
+                .map_err(at(Step::WriteInode, ioid))?;
             return Ok(true);
         }
+        let put_size = |size: u64| {
+            let w = ObjWrite::new(
+                ioid,
+                inode::VDI_SIZE_OFFSET as u32,
+                size.to_le_bytes().to_vec(),
+            );
+            self.write_object_dog(w, copies, true)
+        };
+        put_size(new_size)
+            .await
+            .map_err(at(Step::WriteInode, ioid))?;
         let b = self
             .read_inode_step(vid, SD_INODE_HEADER_SIZE, true)
             .await?;
@@ -545,8 +561,9 @@ impl Client {
             return Ok(true);
         }
         // Snapshotted under us: the snapshot keeps the size it had.
-        h.vdi_size = old_size;
-        put(&h).await.map_err(at(Step::WriteInode, ioid))?;
+        put_size(h.vdi_size)
+            .await
+            .map_err(at(Step::WriteInode, ioid))?;
         Ok(false)
     }
 }

@@ -17,7 +17,8 @@
 //! other processes are not covered (the VDI lock keeps them out).
 //!
 //! Requests are the ones `dog` sends, byte for byte, so a real sheep sees
-//! dog's traffic. The client runs over TCP or a Unix socket, or over any
+//! dog's traffic; one exception: [`Volume::resize`] writes only the size
+//! field of the inode, not the whole header as `vdi resize` does. The client runs over TCP or a Unix socket, or over any
 //! byte stream ([`Client::with_connector`]).
 //!
 //! # Examples

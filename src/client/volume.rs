@@ -819,10 +819,12 @@ impl Volume {
 
     // ------------------------------------------------------- resize, reload
 
-    /// Grows the VDI (rewrites the inode header as dog does). A snapshot
-    /// taken underneath moves the working VDI: the header is read back after
-    /// the write, and if this vid has become a snapshot meanwhile, its size
-    /// is put back and the resize redone on the new working VDI.
+    /// Grows the VDI. Only the inode's `vdi_size` is written (dog's `vdi
+    /// resize` rewrites the whole header, which, landing late after a retry,
+    /// could erase a snapshot taken meanwhile). A snapshot taken underneath
+    /// moves the working VDI: the header is read back after the write, and if
+    /// this vid has become a snapshot meanwhile, its size is put back and the
+    /// resize redone on the new working VDI.
     pub async fn resize(&self, new_size: u64) -> Result<()> {
         self.check_open()?;
         if self.read_only {

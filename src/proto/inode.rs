@@ -25,6 +25,8 @@ pub const BTREE_COUNTER_OFFSET: usize = 568;
 pub const SNAP_CTIME_OFFSET: usize = 520;
 /// Offset of `tag` in the inode.
 pub const TAG_OFFSET: usize = 256;
+/// Offset of `vdi_size` in the inode.
+pub const VDI_SIZE_OFFSET: usize = 536;
 /// Bytes sheep compares during lookup (name .. vdi_id).
 pub const LOOKUP_READ: usize = 568;
 
@@ -148,7 +150,7 @@ impl InodeHeader {
             create_time: get_u64(b, 512),
             snap_ctime: get_u64(b, 520),
             vm_clock_nsec: get_u64(b, 528),
-            vdi_size: get_u64(b, 536),
+            vdi_size: get_u64(b, VDI_SIZE_OFFSET),
             vm_state_size: get_u64(b, 544),
             copy_policy: get_u8(b, 552),
             store_policy: get_u8(b, 553),
@@ -187,7 +189,7 @@ impl InodeHeader {
         put_u64(b, 512, self.create_time);
         put_u64(b, 520, self.snap_ctime);
         put_u64(b, 528, self.vm_clock_nsec);
-        put_u64(b, 536, self.vdi_size);
+        put_u64(b, VDI_SIZE_OFFSET, self.vdi_size);
         put_u64(b, 544, self.vm_state_size);
         put_u8(b, 552, self.copy_policy);
         put_u8(b, 553, self.store_policy);
