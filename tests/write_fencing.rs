@@ -59,7 +59,7 @@ async fn run_seed(seed: u64) {
     let nth = 2 + rng.gen_range(1..=6);
     let delay = rng.gen_range(300..800);
     let rule = format!("WRITE_OBJ:{nth}:delay={delay}");
-    let (s, c) = faulty_server(&rule);
+    let (_server, c) = faulty_server(&rule); // kept running to the end
     c.create_vdi("f", 2 * OBJ, &CreateOptions::default())
         .await
         .expect("create");
