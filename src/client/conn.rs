@@ -306,7 +306,10 @@ async fn writer(
     rx: mpsc::UnboundedReceiver<(Bytes, Bytes)>,
 ) {
     // A kill also interrupts a write blocked on a peer that stopped reading.
+    // Biased: a kill is seen first, and no random branch order makes a
+    // Shuttle schedule (tests/shuttle_conn.rs) replay differently.
     tokio::select! {
+        biased;
         _ = shared.killed.notified() => {}
         _ = write_queued(&shared, &sink, &queued, rx) => {}
     }
