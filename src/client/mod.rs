@@ -18,8 +18,9 @@
 //!
 //! Requests are the ones `dog` sends, byte for byte, so a real sheep sees
 //! dog's traffic; one exception: [`Volume::resize`] writes only the size
-//! field of the inode, not the whole header as `vdi resize` does. The client runs over TCP or a Unix socket, or over any
-//! byte stream ([`Client::with_connector`]).
+//! field of the inode, not the whole header as `vdi resize` does. The
+//! client runs over TCP or a Unix socket, or over any byte stream
+//! ([`Client::with_connector`]).
 //!
 //! # Examples
 //!
