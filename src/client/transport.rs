@@ -155,15 +155,15 @@ impl UnixWrite {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.last_whole = false,
                 Err(e) => return Poll::Ready(Err(e)),
             }
-            if self.room.is_none() {
-                let fd = self.sock.get_ref().as_fd().try_clone_to_owned()?;
-                // Registered after the failed write: room made since then
-                // is reported by the registration itself.
-                let _rt = self.rt.enter();
-                self.room = Some(register(fd, Interest::WRITABLE)?);
-            }
-            let Some(room) = self.room.as_ref() else {
-                continue;
+            let room = match &mut self.room {
+                Some(room) => room,
+                none => {
+                    let fd = self.sock.get_ref().as_fd().try_clone_to_owned()?;
+                    // Registered after the failed write: room made since
+                    // then is reported by the registration itself.
+                    let _rt = self.rt.enter();
+                    none.insert(register(fd, Interest::WRITABLE)?)
+                }
             };
             let mut ready = ready!(room.poll_write_ready(cx))?;
             // Cleared only if no event came since it was reported: the
